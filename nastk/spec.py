@@ -1,0 +1,230 @@
+"""Spec files: pydantic v2 models read from YAML. Every default is the paper's value (DiNTS, Sec. 4.1).
+
+A spec never executes code: it is parsed with ``yaml.safe_load`` and only names registered plugins.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nastk import registry
+from nastk.errors import PluginError, SpecError
+
+Triple = tuple[int, int, int]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(_Section):
+    root: str | None = Field(None, description="MSD task folder (e.g. Task07_Pancreas/) or nnU-Net v2 dataset.")
+    spacing: tuple[float, float, float] = Field(
+        (1.0, 1.0, 1.0), description="Target voxel spacing in mm (paper: 1.0 mm isotropic, Sec. 4)."
+    )
+    in_channels: int = Field(1, ge=1, description="Image channels (modalities).")
+    num_classes: int = Field(3, ge=2, description="Output classes including background (Pancreas: 3).")
+    fold: int = Field(0, ge=0, description="Cross-validation fold used by search (paper: C2FNAS split).")
+    num_folds: int = Field(5, ge=2, description="Number of cross-validation folds (paper: 5).")
+
+
+class SpaceSpec(_Section):
+    name: str = Field("dints", description="Registered search space (nastk.spaces).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Validated by the space's own model.")
+
+
+class LossSpec(_Section):
+    name: str = Field(description="Registered loss (nastk.losses).")
+    weight: float = Field(1.0, ge=0, description="Multiplier in L_arch (Eq. 11).")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _paper_losses() -> list[LossSpec]:
+    # Eq. 11: L_arch = L_seg + t/t_all * (L_alpha + L_eta + lambda * L_tp + L_m), lambda = 0.001.
+    return [
+        LossSpec(name="dice_ce"),
+        LossSpec(name="entropy_alpha"),
+        LossSpec(name="entropy_eta"),
+        LossSpec(name="topology", weight=0.001),
+        LossSpec(name="memory", params={"sigma": 0.8}),
+    ]
+
+
+class DiscretizerSpec(_Section):
+    name: str = Field("dints", description="Registered discretizer (nastk.discretizers).")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SGDSpec(_Section):
+    lr_start: float = Field(0.025, gt=0, description="LR at the start of warm-up (paper: 0.025).")
+    lr: float = Field(0.2, gt=0, description="LR reached at the end of warm-up (paper: 0.2).")
+    momentum: float = Field(0.9, ge=0, description="Paper: 0.9.")
+    weight_decay: float = Field(4e-5, ge=0, description="Paper: 4e-5.")
+    gamma: float = Field(0.5, gt=0, description="LR decay factor at each milestone (paper: 0.5).")
+
+
+class AdamSpec(_Section):
+    lr: float = Field(0.008, gt=0, description="Architecture optimiser LR (paper: 0.008).")
+    weight_decay: float = Field(0.0, ge=0, description="Paper: 0.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam defaults; the paper does not say.")
+
+
+class SearchSpec(_Section):
+    patch_size: Triple = Field((96, 96, 96), description="Training patch (paper: 96^3).")
+    batch_size: int = Field(8, ge=1, description="Global batch (paper: 8 GPUs x 1 patch).")
+    warmup_iters: int = Field(1000, ge=0, description="Linear LR warm-up (paper: 1k).")
+    weight_iters: int = Field(10000, ge=0, description="Weights-only iterations after warm-up (paper: 10k).")
+    joint_iters: int = Field(10000, ge=0, description="Joint weight/arch iterations (paper: 10k).")
+    milestones: list[int] = Field([8000, 16000], description="LR x gamma after warm-up (paper: [8k, 16k]).")
+    weights: SGDSpec = Field(default_factory=SGDSpec)
+    arch: AdamSpec = Field(default_factory=AdamSpec)
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+
+
+class RetrainSpec(_Section):
+    patch_size: Triple = Field((96, 96, 96), description="Paper: 96^3; Prostate 96x96x32; Hippocampus 32^3.")
+    filter_multiplier: float = Field(2.0, gt=0, description="Filters x this vs search (paper: x2).")
+    batch_multiplier: int = Field(2, ge=1, description="Batch x this vs search (paper: x2).")
+    warmup_iters: int = Field(1000, ge=0, description="Paper: 1k.")
+    iters: int = Field(40000, ge=1, description="Iterations after warm-up (paper: 40k).")
+    milestones: list[int] = Field([8000, 16000, 24000, 32000], description="Paper: [8k, 16k, 24k, 32k].")
+    weights: SGDSpec = Field(default_factory=SGDSpec)
+    val_every: int = Field(1000, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+
+
+class InferenceSpec(_Section):
+    patch_size: Triple = Field((96, 96, 96), description="Sliding-window patch (paper: as retraining).")
+    stride: Triple = Field((16, 16, 16), description="Window stride (paper: 16^3; Prostate 16x16x4; Hippocampus 4^3).")
+    blend: Literal["gaussian", "constant"] = Field("gaussian")
+    ensemble: Literal["vote", "mean"] = Field("vote", description="Fold ensemble (paper: majority voting).")
+    largest_component: bool = Field(True, description="Keep the largest connected component (paper: yes).")
+    flip_tta: bool = Field(False, description="Flip test-time augmentation (paper: no).")
+    amp: bool = Field(True, description="Mixed precision on GPU.")
+    batch_size: int = Field(4, ge=1, description="Windows per forward pass.")
+
+
+class Spec(_Section):
+    name: str | None = Field(None, description="Run name; defaults to the file name.")
+    seed: int = Field(0, description="Seeds python, numpy and torch.")
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec)
+    space: SpaceSpec = Field(default_factory=SpaceSpec)
+    ops: list[str] = Field(
+        ["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"],
+        min_length=1,
+        description="Registered cell ops (nastk.ops); paper: the five of Sec. 3.2.",
+    )
+    losses: list[LossSpec] = Field(default_factory=_paper_losses)
+    discretizer: DiscretizerSpec = Field(default_factory=DiscretizerSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    retrain: RetrainSpec = Field(default_factory=RetrainSpec)
+    inference: InferenceSpec = Field(default_factory=InferenceSpec)
+
+    @model_validator(mode="after")
+    def _distinct_ops(self) -> Spec:
+        dupes = sorted({o for o in self.ops if self.ops.count(o) > 1})
+        if dupes:
+            raise ValueError(f"ops listed twice: {', '.join(dupes)}")
+        return self
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _plugin_problems(spec: Spec) -> list[tuple[str, str]]:
+    """Check registered names without importing anything."""
+    problems: list[tuple[str, str]] = []
+
+    def check(group: str, name: str, field: str) -> None:
+        try:
+            registry.entry(group, name)
+        except PluginError as exc:
+            problems.append((field, str(exc)))
+
+    check("spaces", spec.space.name, "space.name")
+    for i, op in enumerate(spec.ops):
+        check("ops", op, f"ops[{i}]")
+    for i, loss in enumerate(spec.losses):
+        check("losses", loss.name, f"losses[{i}].name")
+    check("discretizers", spec.discretizer.name, "discretizer.name")
+    return problems
+
+
+def _space_problems(spec: Spec) -> list[tuple[str, str]]:
+    """Validate space params with the space's own model, then every patch against its divisor."""
+    try:
+        space = registry.load("spaces", spec.space.name)
+    except PluginError as exc:
+        return [("space.name", str(exc))]
+    try:
+        params = space.Params.model_validate(spec.space.params)
+    except ValidationError as exc:
+        return [(_loc(("space", "params", *e["loc"])), e["msg"]) for e in exc.errors()]
+    spec.space.params = params.model_dump(mode="json")
+    div = space.patch_divisor(params)
+    problems = []
+    for section in ("search", "retrain", "inference"):
+        patch = getattr(spec, section).patch_size
+        if any(p % div for p in patch):
+            problems.append(
+                (f"{section}.patch_size", f"{list(patch)} is not divisible by {div} (= 2^(depths+1)) on every side")
+            )
+    stride = spec.inference.stride
+    if any(s < 1 or s > p for s, p in zip(stride, spec.inference.patch_size)):
+        problems.append(("inference.stride", f"{list(stride)} must be between 1 and the patch size on every side"))
+    return problems
+
+
+def validate(data: Any, file: str = "<spec>") -> Spec:
+    """Validate a parsed spec. Raises SpecError listing every problem with its dotted field path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(file, [("", f"top level must be a mapping, got {type(data).__name__}")])
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(file, [(_loc(e["loc"]), e["msg"]) for e in exc.errors()]) from None
+    problems = _plugin_problems(spec)
+    if not any(f == "space.name" for f, _ in problems):
+        problems += _space_problems(spec)
+    if problems:
+        raise SpecError(file, problems)
+    if spec.name is None:
+        spec.name = Path(file).stem if file != "<spec>" else "run"
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(str(path), [("", "file not found")]) from None
+    except OSError as exc:
+        raise SpecError(str(path), [("", f"cannot read: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(str(path), [("", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}")]) from None
+    return validate(data, str(path))
+
+
+def dump_spec(spec: Spec) -> str:
+    return yaml.safe_dump(json.loads(spec.model_dump_json()), sort_keys=False)
+
+
+def json_schema() -> dict[str, Any]:
+    return Spec.model_json_schema()

@@ -1,0 +1,226 @@
+"""The DiNTS search space (Sec. 3.1-3.3): the supernet for search and the discrete network.
+
+``SPACE`` is the object registered as ``dints`` in ``nastk.spaces``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from nastk.protocols import CellOp
+from nastk_dints import memory
+from nastk_dints import relaxation as rx
+from nastk_dints.architecture import Architecture
+from nastk_dints.blocks import Head, Stem, depth_channels, resample
+from nastk_dints.topology import edge_list, topology
+
+
+class DiNTSParams(BaseModel):
+    """``space.params`` of a spec. Defaults are the paper's search setting (Sec. 4.1)."""
+
+    model_config = ConfigDict(extra="forbid")
+    layers: int = Field(12, ge=1, description="L, the number of layers (paper: 12).")
+    depths: int = Field(4, ge=2, description="D, the number of resolutions (paper: 4).")
+    filters: int = Field(16, ge=1, description="Filters at input scale; depth d has filters*2^(d+1) (paper: 16).")
+
+
+def cell_name(layer: int, source: int, target: int) -> str:
+    """Stable flat module name of the cell on edge source->target of layer ``layer`` (1-based)."""
+    return f"l{layer:02d}_{source}to{target}"
+
+
+class MixedCell(nn.Module):
+    """Resampling then sum_n alpha_n op_n(x) (Sec. 3.3.1)."""
+
+    def __init__(self, source: int, target: int, filters: float, ops: dict[str, CellOp]):
+        super().__init__()
+        self.resample = resample(source, target, filters)
+        channels = depth_channels(filters, target)
+        self.ops = nn.ModuleDict({name: build(channels) for name, build in ops.items()})
+
+    def forward(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        x = self.resample(x)
+        out = None
+        for n, op in enumerate(self.ops.values()):
+            y = op(x) * alpha[n]
+            out = y if out is None else out + y
+        return out
+
+
+class DiscreteCell(nn.Module):
+    def __init__(self, source: int, target: int, filters: float, op: nn.Module):
+        super().__init__()
+        self.resample = resample(source, target, filters)
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(self.resample(x))
+
+
+class Supernet(nn.Module):
+    """Eq. 1 with the super feature node: each edge is weighted by its marginal probability.
+
+    sum_j eta_j c_j(s) has, at node t, sum_{e -> t} (sum_{j: cp_j(e)=1} eta_j) cell_e(s) =
+    sum_{e -> t} P(e) cell_e(s), so no pattern is ever enumerated in the forward pass.
+    """
+
+    def __init__(
+        self,
+        params: DiNTSParams,
+        ops: dict[str, CellOp],
+        in_channels: int,
+        num_classes: int,
+        patch_size: tuple[int, int, int] = (96, 96, 96),
+    ):
+        super().__init__()
+        self.params = params
+        self.op_names = list(ops)
+        self.patch_size = tuple(patch_size)
+        self.topology = topology(params.depths)
+        self.edges = edge_list(params.depths)
+        f, depth, n_layers = params.filters, params.depths, params.layers
+        self.stems = nn.ModuleList(Stem(in_channels, f, d) for d in range(depth))
+        self.cells = nn.ModuleDict(
+            {cell_name(i + 1, s, t): MixedCell(s, t, f, ops) for i in range(n_layers) for s, t in self.edges}
+        )
+        self.head = Head(f, depth - 1, num_classes)
+        # Sec. 4.1: N(1, 0.01) before the softmax, N(0, 0.01) before the sigmoid (mean, std).
+        self.op_logits = nn.Parameter(torch.randn(n_layers, len(self.edges), len(ops)) * 0.01 + 1.0)
+        self.edge_logits = nn.Parameter(torch.randn(n_layers, len(self.edges)) * 0.01)
+        self._ops = ops
+        self._memory: tuple[np.ndarray, np.ndarray] | None = None
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.edge_logits, self.op_logits]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        marginals = rx.edge_marginals(self.edge_logits).to(image.dtype)  # [L, E], once per step
+        alpha = rx.op_weights(self.op_logits).to(image.dtype)  # [L, E, N]
+        nodes = [stem(image) for stem in self.stems]
+        for i in range(self.params.layers):
+            new: list[torch.Tensor | None] = [None] * self.params.depths
+            for e, (s, t) in enumerate(self.edges):
+                y = self.cells[cell_name(i + 1, s, t)](nodes[s], alpha[i, e]) * marginals[i, e]
+                new[t] = y if new[t] is None else new[t] + y
+            nodes = new  # type: ignore[assignment]
+        return self.head(dict(enumerate(nodes)))
+
+    def memory_costs(self, dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
+        """(resample cost [E], op cost [E, N]) in bytes for one sample at ``patch_size``."""
+        if self._memory is None:
+            self._memory = edge_memory_costs(
+                self.params.depths, self.params.filters, self._ops, self.patch_size, dtype
+            )
+        return self._memory
+
+    def arch_parameters_numpy(self) -> dict[str, np.ndarray]:
+        return {
+            "edge_logits": self.edge_logits.detach().cpu().numpy(),
+            "op_logits": self.op_logits.detach().cpu().numpy(),
+        }
+
+
+def edge_memory_costs(
+    depths: int, filters: float, ops: dict[str, CellOp], patch_size, dtype=torch.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Measured saved bytes per sample: resampling of each edge [E] and each op on each edge [E, N]."""
+    edges = edge_list(depths)
+    patch = np.asarray(patch_size)
+    res = np.zeros(len(edges))
+    op_cost = np.zeros((len(edges), len(ops)))
+    for e, (s, t) in enumerate(edges):
+        voxels = int(np.prod(patch // 2 ** (t + 1)))
+        c_in, c_out = depth_channels(filters, s), depth_channels(filters, t)
+        if s != t:
+            key = ("resample", s - t, c_in, c_out)
+            res[e] = memory.cost_per_sample(
+                key, lambda s=s, t=t: resample(s, t, filters), c_in, voxels, 2.0 ** (t - s), dtype
+            )
+        for n, (name, build) in enumerate(ops.items()):
+            op_cost[e, n] = memory.cost_per_sample(
+                ("op", name, c_out), lambda b=build, c=c_out: b(c), c_out, voxels, 1.0, dtype
+            )
+    return res, op_cost
+
+
+class DiNTSNetwork(nn.Module):
+    """The discrete network of an architecture: only the selected edges and ops exist."""
+
+    def __init__(
+        self, arch: Architecture, ops: dict[str, CellOp], in_channels: int, num_classes: int, filters: float
+    ):
+        super().__init__()
+        self.filters = filters
+        self.stems = nn.ModuleDict({f"d{d}": Stem(in_channels, filters, d) for d in arch.input_depths})
+        cells: dict[str, nn.Module] = {}
+        plan: list[list[tuple[str, int, int]]] = []
+        for i in range(arch.layers):
+            layer = []
+            for s, t, op in arch.layer_edges(i):
+                name = cell_name(i + 1, s, t)
+                cells[name] = DiscreteCell(s, t, filters, ops[op](depth_channels(filters, t)))
+                layer.append((name, s, t))
+            plan.append(layer)
+        self.cells = nn.ModuleDict(cells)
+        self.plan = plan
+        self.input_depths = arch.input_depths
+        top = int(np.flatnonzero(arch.node_active[-1]).max())
+        self.head = Head(filters, top, num_classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        nodes = {d: self.stems[f"d{d}"](image) for d in self.input_depths}
+        for layer in self.plan:
+            new: dict[int, torch.Tensor] = {}
+            for name, s, t in layer:
+                y = self.cells[name](nodes[s])
+                new[t] = y if t not in new else new[t] + y
+            nodes = new
+        return self.head(nodes)
+
+
+class DiNTSSpace:
+    name = "dints"
+    Params = DiNTSParams
+
+    def patch_divisor(self, params: DiNTSParams) -> int:
+        return 2 ** (params.depths + 1)
+
+    def build_supernet(
+        self,
+        params: DiNTSParams | dict,
+        ops: dict[str, CellOp],
+        in_channels: int,
+        num_classes: int,
+        patch_size: tuple[int, int, int] = (96, 96, 96),
+    ) -> Supernet:
+        params = DiNTSParams.model_validate(params) if isinstance(params, dict) else params
+        return Supernet(params, ops, in_channels, num_classes, patch_size)
+
+    def build_network(
+        self,
+        arch: Architecture | dict[str, Any],
+        ops: dict[str, CellOp],
+        in_channels: int,
+        num_classes: int,
+        filter_multiplier: float = 1.0,
+        filters: float | None = None,
+    ) -> DiNTSNetwork:
+        if isinstance(arch, dict):
+            arch = Architecture.from_dict(arch)
+        missing = [o for o in arch.op_names if o not in ops]
+        if missing:
+            raise KeyError(f"architecture uses ops not given: {missing}")
+        base = filters if filters is not None else arch.space.get("params", {}).get("filters", 16)
+        return DiNTSNetwork(arch, ops, in_channels, num_classes, base * filter_multiplier)
+
+
+SPACE = DiNTSSpace()
