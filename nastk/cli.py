@@ -1,0 +1,157 @@
+"""The ``nastk`` command line. One thin function per command; the work lives in the library.
+
+Errors a user can fix (``NastkError``) print one line, or a table for a spec, on stderr and exit
+with code 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nastk import registry
+from nastk.errors import DataError, NastkError, SpecError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Declarative neural architecture search for 3D medical image segmentation.",
+)
+# Wide when piped (CI logs, nohup) so tables and paths are never cut.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+@app.command()
+def validate(spec: Annotated[Path, typer.Argument(help="Spec YAML file.")]) -> None:
+    """Validate a spec and print it resolved, with every default filled in."""
+    from nastk.spec import dump_spec, load_spec
+
+    resolved = load_spec(spec)
+    out.print(f"[green]valid[/green]: {spec}", highlight=False)
+    out.print(dump_spec(resolved), markup=False, highlight=False, end="")
+
+
+@app.command("spec-schema")
+def spec_schema() -> None:
+    """Print the JSON Schema of spec files."""
+    from nastk.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def plugins() -> None:
+    """List every registered plugin name with its group, distribution and version."""
+    table = Table(title="nastk plugins")
+    for col in ("group", "name", "distribution", "version", "object"):
+        table.add_column(col)
+    for e in registry.entries():
+        table.add_row(registry.GROUPS[e.group], e.name, e.distribution, e.version, e.value)
+    out.print(table)
+
+
+def _read_params(path: Path) -> dict:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            params = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    for key in ("edge_logits", "op_logits"):
+        if key not in params:
+            raise DataError(f"{path}: missing array {key!r} (has: {', '.join(params) or 'none'})")
+    return params
+
+
+@app.command()
+def decode(
+    run: Annotated[Optional[Path], typer.Argument(help="Run directory with search/arch_params.npz.")] = None,
+    params: Annotated[Optional[Path], typer.Option(help="A bare .npz with edge_logits and op_logits.")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="arch.json to write.")] = None,
+    ops: Annotated[Optional[str], typer.Option(help="Comma-separated op names (default: the spec's).")] = None,
+    discretizer: Annotated[Optional[str], typer.Option(help="Registered discretizer (default: the spec's).")] = None,
+    picture: Annotated[bool, typer.Option(help="Also write a picture next to arch.json.")] = True,
+) -> None:
+    """Discretize searched parameters into a feasible architecture (arch.json + arch.png)."""
+    from nastk.spec import Spec, load_spec
+
+    if (run is None) == (params is None):
+        raise DataError("give either a RUN directory or --params FILE.npz")
+    if run is not None:
+        spec_path = run / "spec.yaml"
+        spec = load_spec(spec_path) if spec_path.exists() else Spec()
+        params = run / "search" / "arch_params.npz"
+        out_path = out_path or run / "arch.json"
+    else:
+        spec = Spec()
+        out_path = out_path or Path("arch.json")
+    arrays = _read_params(params)
+    op_names = [o.strip() for o in ops.split(",")] if ops else list(spec.ops)
+    if len(op_names) != arrays["op_logits"].shape[-1]:
+        raise DataError(
+            f"{params}: op_logits has {arrays['op_logits'].shape[-1]} ops but {len(op_names)} op names "
+            f"were given ({', '.join(op_names)}); pass --ops"
+        )
+    space_params = dict(spec.space.params)
+    space_params.update(layers=int(arrays["edge_logits"].shape[0]))
+    disc = registry.load("discretizers", discretizer or spec.discretizer.name)
+    try:
+        arch = disc(arrays, space_params, op_names)
+    except ValueError as exc:
+        raise DataError(f"{params}: {exc}") from None
+    arch.save(out_path)
+    out.print(arch.summary(), markup=False, highlight=False)
+    out.print(f"wrote {out_path}", highlight=False)
+    if picture and hasattr(arch, "depths"):
+        from nastk_dints.picture import draw
+
+        png = draw(arch, out_path.with_suffix(".png"))
+        out.print(f"wrote {png}", highlight=False)
+
+
+@app.command("import-arch")
+def import_arch(
+    file: Annotated[Path, typer.Argument(help="MONAI DiNTS architecture file (.pth).")],
+    out_path: Annotated[Path, typer.Option("--out", help="arch.json to write.")] = Path("arch.json"),
+    filters: Annotated[int, typer.Option(help="Search filters at input scale to record (paper: 16).")] = 16,
+) -> None:
+    """Convert a MONAI DiNTS architecture file (node_a/arch_code_a/arch_code_c or code_a/code_c) to arch.json."""
+    from nastk_dints.monai_import import import_monai_arch
+
+    arch = import_monai_arch(file, filters=filters)
+    arch.save(out_path)
+    out.print(arch.summary(), markup=False, highlight=False)
+    out.print(f"wrote {out_path}", highlight=False)
+
+
+def _print_error(exc: NastkError) -> None:
+    if isinstance(exc, SpecError):
+        table = Table(title=f"invalid spec: {exc.file}", title_justify="left")
+        table.add_column("field")
+        table.add_column("problem")
+        table.add_column("file")
+        for field, message in exc.problems:
+            table.add_row(field or "<root>", message, exc.file)
+        err.print(table)
+    else:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    # Typer handles usage errors itself (exit code 2); ours surface here as typed exceptions.
+    try:
+        app(args=argv, prog_name="nastk")
+    except NastkError as exc:
+        _print_error(exc)
+        sys.exit(2)
