@@ -42,7 +42,9 @@ class Architecture:
         if self.edge_mask.ndim != 2 or self.edge_mask.shape[1] != n_edges:
             raise DataError(f"edge_mask must be [layers, {n_edges}], got {list(self.edge_mask.shape)}")
         if self.op_index.shape != self.edge_mask.shape:
-            raise DataError(f"op_index shape {list(self.op_index.shape)} != edge_mask {list(self.edge_mask.shape)}")
+            raise DataError(
+                f"op_index shape {list(self.op_index.shape)} != edge_mask {list(self.edge_mask.shape)}"
+            )
         used = self.op_index[self.edge_mask]
         if used.size and (used.min() < 0 or used.max() >= len(self.op_names)):
             raise DataError(f"op index out of range for {len(self.op_names)} ops")
@@ -121,14 +123,27 @@ class Architecture:
                     where = f"cells[{i}][{j}]"
                     s, t = (int(v) for v in cell["edge"])
                     if (s, t) not in edges:
-                        raise DataError(f"{source}: {where}.edge: [{s}, {t}] is not an edge of a {depths}-depth space")
+                        raise DataError(
+                            f"{source}: {where}.edge: [{s}, {t}] is not an edge of a {depths}-depth space"
+                        )
                     if cell["op"] not in ops:
                         raise DataError(f"{source}: {where}.op: {cell['op']!r} is not one of 'ops' {ops}")
                     mask[i, edges[(s, t)]] = True
                     index[i, edges[(s, t)]] = ops.index(cell["op"])
             if len(cells) != int(data.get("layers", len(cells))):
                 raise DataError(f"{source}: 'layers' is {data['layers']} but 'cells' has {len(cells)} layers")
-            known = {"format", "version", "space", "layers", "depths", "ops", "input_depths", "cells", "path_cost", "gap"}
+            known = {
+                "format",
+                "version",
+                "space",
+                "layers",
+                "depths",
+                "ops",
+                "input_depths",
+                "cells",
+                "path_cost",
+                "gap",
+            }
             arch = cls(
                 depths=depths,
                 edge_mask=mask,
@@ -147,7 +162,9 @@ class Architecture:
             raise DataError(f"{source}: malformed architecture ({type(exc).__name__}: {exc})") from None
         declared = data.get("input_depths")
         if declared is not None and sorted(declared) != arch.input_depths:
-            raise DataError(f"{source}: input_depths {declared} disagree with layer 1's sources {arch.input_depths}")
+            raise DataError(
+                f"{source}: input_depths {declared} disagree with layer 1's sources {arch.input_depths}"
+            )
         return arch
 
     def to_json(self) -> str:
@@ -188,4 +205,3 @@ class Architecture:
             cells = ", ".join(f"{s}->{t} {op}" for s, t, op in self.layer_edges(i))
             lines.append(f"  layer {i + 1:2d}: {cells}")
         return "\n".join(lines)
-

@@ -39,7 +39,9 @@ def saved_bytes(module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dt
 
 
 @lru_cache(maxsize=4096)
-def _fit(key: tuple, build: Callable[[], nn.Module], in_channels: int, in_scale: float, dtype) -> tuple[float, float]:
+def _fit(
+    key: tuple, build: Callable[[], nn.Module], in_channels: int, in_scale: float, dtype
+) -> tuple[float, float]:
     module = build().to(dtype)
     points = []
     for side in _FIT_SIDES:

@@ -34,7 +34,7 @@ def _const(array, device) -> torch.Tensor:
 def edge_log_probs(edge_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p_e, log(1 - p_e)) with p_e = sigmoid(logit), exact for extreme logits."""
     x = _f64(edge_logits)
-    return -F.softplus(-x), -F.softplus(x)
+    return F.logsigmoid(x), F.logsigmoid(-x)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:

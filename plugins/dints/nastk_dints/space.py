@@ -26,12 +26,18 @@ class DiNTSParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     layers: int = Field(12, ge=1, description="L, the number of layers (paper: 12).")
     depths: int = Field(4, ge=2, description="D, the number of resolutions (paper: 4).")
-    filters: int = Field(16, ge=1, description="Filters at input scale; depth d has filters*2^(d+1) (paper: 16).")
+    filters: int = Field(
+        16, ge=1, description="Filters at input scale; depth d has filters*2^(d+1) (paper: 16)."
+    )
 
 
 def cell_name(layer: int, source: int, target: int) -> str:
     """Stable flat module name of the cell on edge source->target of layer ``layer`` (1-based)."""
     return f"l{layer:02d}_{source}to{target}"
+
+
+def module_key(op_name: str) -> str:
+    return op_name.replace(".", "__")
 
 
 class MixedCell(nn.Module):
@@ -41,7 +47,8 @@ class MixedCell(nn.Module):
         super().__init__()
         self.resample = resample(source, target, filters)
         channels = depth_channels(filters, target)
-        self.ops = nn.ModuleDict({name: build(channels) for name, build in ops.items()})
+        # keyed by op name so checkpoints survive reordering; plugin names may contain "."
+        self.ops = nn.ModuleDict({module_key(name): build(channels) for name, build in ops.items()})
 
     def forward(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         x = self.resample(x)
