@@ -91,6 +91,19 @@ class HeadUp(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
 
 
+class HeadOut(nn.Module):
+    """At input resolution: ReLU, 3x3x3 conv, InstanceNorm, 1x1x1 conv (with bias) to the classes."""
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1, bias=False)
+        self.norm = nn.InstanceNorm3d(channels, affine=True)
+        self.classifier = nn.Conv3d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(self.conv(torch.relu(x))))
+
+
 class Head(nn.Module):
     """Combines the last layer's active nodes, from ``top_depth`` down to depth 0."""
 
@@ -100,10 +113,7 @@ class Head(nn.Module):
         self.up = nn.ModuleList(
             HeadUp(depth_channels(filters, d), scale_channels(filters, d)) for d in range(top_depth + 1)
         )
-        c0 = scale_channels(filters, 0)
-        self.conv = nn.Conv3d(c0, c0, 3, padding=1, bias=False)
-        self.norm = nn.InstanceNorm3d(c0, affine=True)
-        self.classifier = nn.Conv3d(c0, num_classes, 1)
+        self.out = HeadOut(scale_channels(filters, 0), num_classes)
 
     def forward(self, nodes: dict[int, torch.Tensor]) -> torch.Tensor:
         h: torch.Tensor | None = None
@@ -113,4 +123,4 @@ class Head(nn.Module):
                 h = node if h is None else h + node
             assert h is not None, "the coarsest head depth must be an active node"
             h = self.up[d](h)
-        return self.classifier(self.norm(self.conv(torch.relu(h))))
+        return self.out(h)

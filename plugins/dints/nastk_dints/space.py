@@ -16,7 +16,7 @@ from nastk.protocols import CellOp
 from nastk_dints import memory
 from nastk_dints import relaxation as rx
 from nastk_dints.architecture import Architecture
-from nastk_dints.blocks import Head, Stem, depth_channels, resample
+from nastk_dints.blocks import Head, HeadOut, HeadUp, Stem, depth_channels, resample, scale_channels
 from nastk_dints.topology import edge_list, topology
 
 
@@ -231,3 +231,65 @@ class DiNTSSpace:
 
 
 SPACE = DiNTSSpace()
+
+
+def estimate_training_memory(
+    arch: Architecture,
+    ops: dict[str, CellOp],
+    patch_size,
+    batch_size: int = 1,
+    filters: float | None = None,
+    filter_multiplier: float = 1.0,
+    in_channels: int = 1,
+    num_classes: int = 2,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, float]:
+    """Bytes the discrete network saves for backward at a training setting, by part.
+
+    Sums measured per-module costs (``memory.cost_per_sample``) over the stems, the selected
+    cells (resampling + op) and the head. Returns {"stem", "cells", "head", "total"} in bytes.
+    """
+    base = filters if filters is not None else arch.space.get("params", {}).get("filters", 16)
+    f = base * filter_multiplier
+    patch = np.asarray(patch_size)
+
+    def voxels(scale: int) -> int:
+        return int(np.prod(patch // 2**scale))
+
+    stem = sum(
+        memory.cost_per_sample(
+            ("stem", in_channels, f, d), lambda d=d: Stem(in_channels, f, d), in_channels, voxels(d + 1),
+            2.0 ** (d + 1), dtype,
+        )
+        for d in arch.input_depths
+    )
+    # Each stem saves the input image; in the network they share that one tensor.
+    image = in_channels * voxels(0) * torch.empty((), dtype=dtype).element_size()
+    stem -= (len(arch.input_depths) - 1) * image
+    cells = 0.0
+    for i in range(arch.layers):
+        for s, t, op in arch.layer_edges(i):
+            c_in, c_out = depth_channels(f, s), depth_channels(f, t)
+            if s != t:
+                cells += memory.cost_per_sample(
+                    ("resample", s - t, c_in, c_out), lambda s=s, t=t: resample(s, t, f), c_in,
+                    voxels(t + 1), 2.0 ** (t - s), dtype,
+                )
+            cells += memory.cost_per_sample(
+                ("op", op, c_out), lambda b=ops[op], c=c_out: b(c), c_out, voxels(t + 1), 1.0, dtype
+            )
+    top = int(np.flatnonzero(arch.node_active[-1]).max())
+    head = sum(
+        memory.cost_per_sample(
+            ("head_up", depth_channels(f, d), f, d), lambda d=d: HeadUp(depth_channels(f, d), scale_channels(f, d)),
+            depth_channels(f, d), voxels(d), 0.5, dtype,
+        )
+        for d in range(top + 1)
+    )
+    c0 = scale_channels(f, 0)
+    head += memory.cost_per_sample(
+        ("head_out", c0, num_classes), lambda: HeadOut(c0, num_classes), c0, voxels(0), 1.0, dtype
+    )
+    parts = {"stem": stem * batch_size, "cells": cells * batch_size, "head": head * batch_size}
+    parts["total"] = sum(parts.values())
+    return parts
