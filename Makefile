@@ -1,0 +1,24 @@
+# Two commands for a fresh machine: `make test` (CI runs exactly this) and, later, `make quickstart`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Torch first: on a machine without an NVIDIA GPU take the CPU wheel (pinned, on local disk here);
+# with a GPU, the plain torch>=2.4 requirement of pyproject.toml brings the CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch==2.13.0; fi
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+.PHONY: install test lint bench
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff format --check . && $(BIN)/ruff check .
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/decode.py
