@@ -43,7 +43,10 @@ def main() -> None:
     cost = pattern_costs(edges, args.depths)
     rows = [
         ("decode (numpy logits)", _times(lambda: decode(edges, ops), args.repeats)),
-        ("decode (torch logits)", _times(lambda: decode(torch.from_numpy(edges), torch.from_numpy(ops)), args.repeats)),
+        (
+            "decode (torch logits)",
+            _times(lambda: decode(torch.from_numpy(edges), torch.from_numpy(ops)), args.repeats),
+        ),
         ("  -log eta [L, M]", _times(lambda: pattern_costs(edges, args.depths), args.repeats)),
         ("  shortest feasible path", _times(lambda: shortest_feasible_path(cost, args.depths), args.repeats)),
     ]
@@ -54,8 +57,10 @@ def main() -> None:
         table.add_row(name, f"{np.median(t):.3f}", f"{np.percentile(t, 95):.3f}")
     console = Console()
     console.print(table)
-    console.print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-                  f"numpy {np.__version__}, torch {torch.__version__}")
+    console.print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"numpy {np.__version__}, torch {torch.__version__}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -66,8 +66,8 @@ def _read_params(path: Path) -> dict:
             params = {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     for key in ("edge_logits", "op_logits"):
         if key not in params:
             raise DataError(f"{path}: missing array {key!r} (has: {', '.join(params) or 'none'})")
@@ -76,25 +76,35 @@ def _read_params(path: Path) -> dict:
 
 @app.command()
 def decode(
-    run: Annotated[Optional[Path], typer.Argument(help="Run directory with search/arch_params.npz.")] = None,
-    params: Annotated[Optional[Path], typer.Option(help="A bare .npz with edge_logits and op_logits.")] = None,
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="arch.json to write.")] = None,
-    ops: Annotated[Optional[str], typer.Option(help="Comma-separated op names (default: the spec's).")] = None,
-    discretizer: Annotated[Optional[str], typer.Option(help="Registered discretizer (default: the spec's).")] = None,
+    run: Annotated[Path | None, typer.Argument(help="Run directory with search/arch_params.npz.")] = None,
+    params: Annotated[
+        Path | None, typer.Option(help="A bare .npz with edge_logits and op_logits.")
+    ] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="arch.json to write.")] = None,
+    ops: Annotated[
+        str | None, typer.Option(help="Comma-separated op names (default: the spec's).")
+    ] = None,
+    discretizer: Annotated[
+        str | None, typer.Option(help="Registered discretizer (default: the spec's).")
+    ] = None,
     picture: Annotated[bool, typer.Option(help="Also write a picture next to arch.json.")] = True,
+    memory: Annotated[
+        bool, typer.Option(help="Estimate activation memory at the spec's retraining setting.")
+    ] = False,
+    batch: Annotated[int, typer.Option(help="Per-GPU batch for --memory (paper retraining: 2).")] = 2,
 ) -> None:
     """Discretize searched parameters into a feasible architecture (arch.json + arch.png)."""
-    from nastk.spec import Spec, load_spec
+    from nastk.spec import load_spec, validate
 
     if (run is None) == (params is None):
         raise DataError("give either a RUN directory or --params FILE.npz")
     if run is not None:
         spec_path = run / "spec.yaml"
-        spec = load_spec(spec_path) if spec_path.exists() else Spec()
+        spec = load_spec(spec_path) if spec_path.exists() else validate({}, "<defaults>")
         params = run / "search" / "arch_params.npz"
         out_path = out_path or run / "arch.json"
     else:
-        spec = Spec()
+        spec = validate({}, "<defaults>")
         out_path = out_path or Path("arch.json")
     arrays = _read_params(params)
     op_names = [o.strip() for o in ops.split(",")] if ops else list(spec.ops)
@@ -113,23 +123,54 @@ def decode(
     arch.save(out_path)
     out.print(arch.summary(), markup=False, highlight=False)
     out.print(f"wrote {out_path}", highlight=False)
-    if picture and hasattr(arch, "depths"):
-        from nastk_dints.picture import draw
-
-        png = draw(arch, out_path.with_suffix(".png"))
+    if picture and hasattr(arch, "draw"):
+        png = arch.draw(out_path.with_suffix(".png"))
         out.print(f"wrote {png}", highlight=False)
+    if memory:
+        _print_memory(spec, arch, batch)
+
+
+def _print_memory(spec, arch, batch: int) -> None:
+    space = registry.load("spaces", spec.space.name)
+    if not hasattr(space, "estimate_memory"):
+        raise DataError(f"space {spec.space.name!r} cannot estimate memory")
+    ops = {name: registry.load("ops", name) for name in arch.op_names}
+    r = spec.retrain
+    parts = space.estimate_memory(
+        arch,
+        ops,
+        patch_size=r.patch_size,
+        batch_size=batch,
+        filter_multiplier=r.filter_multiplier,
+        in_channels=spec.dataset.in_channels,
+        num_classes=spec.dataset.num_classes,
+    )
+    out.print(
+        f"estimated activations saved for backward at retraining: patch {list(r.patch_size)}, "
+        f"batch {batch}, filters x{r.filter_multiplier:g}, float32",
+        highlight=False,
+    )
+    table = Table()
+    table.add_column("part")
+    table.add_column("MB", justify="right")
+    for part, value in parts.items():
+        table.add_row(part, f"{value / 2**20:,.0f}")
+    out.print(table)
 
 
 @app.command("import-arch")
 def import_arch(
-    file: Annotated[Path, typer.Argument(help="MONAI DiNTS architecture file (.pth).")],
+    file: Annotated[Path, typer.Argument(help="Architecture file of another tool (e.g. MONAI DiNTS .pth).")],
     out_path: Annotated[Path, typer.Option("--out", help="arch.json to write.")] = Path("arch.json"),
+    space: Annotated[str, typer.Option(help="Registered search space that reads the file.")] = "dints",
     filters: Annotated[int, typer.Option(help="Search filters at input scale to record (paper: 16).")] = 16,
 ) -> None:
-    """Convert a MONAI DiNTS architecture file (node_a/arch_code_a/arch_code_c or code_a/code_c) to arch.json."""
-    from nastk_dints.monai_import import import_monai_arch
-
-    arch = import_monai_arch(file, filters=filters)
+    """Convert another tool's architecture file to arch.json (dints: MONAI's node_a/arch_code_a/arch_code_c
+    or Auto3DSeg's code_a/code_c/node_a)."""
+    plugin = registry.load("spaces", space)
+    if not hasattr(plugin, "import_arch"):
+        raise DataError(f"space {space!r} cannot import architecture files")
+    arch = plugin.import_arch(file, filters=filters)
     arch.save(out_path)
     out.print(arch.summary(), markup=False, highlight=False)
     out.print(f"wrote {out_path}", highlight=False)

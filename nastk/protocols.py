@@ -45,6 +45,13 @@ class SearchSpace(Protocol):
         self, arch: dict[str, Any], ops: dict[str, CellOp], in_channels: int, num_classes: int, **kwargs: Any
     ) -> torch.nn.Module: ...
 
+    def load_arch(self, path: Any) -> Any:
+        """Read an arch.json written by this space's discretizer."""
+        ...
+
+    # Optional: ``import_arch(path, **kw)`` converts other tools' files (``nastk import-arch``);
+    # ``estimate_memory(arch, ops, **setting) -> {part: bytes}`` (``nastk decode --memory``).
+
 
 @runtime_checkable
 class ArchLoss(Protocol):
@@ -66,5 +73,6 @@ class Discretizer(Protocol):
     def __call__(
         self, arch_params: dict[str, np.ndarray], space_params: dict[str, Any], op_names: list[str]
     ) -> Any:
-        """Returns an object with ``to_dict()`` (the arch.json content)."""
+        """Returns an architecture with ``to_dict()``, ``save(path)`` and ``summary()``, and
+        optionally ``draw(path)`` for a picture."""
         ...

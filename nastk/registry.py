@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from nastk.errors import PluginError
@@ -60,7 +60,7 @@ def _distribution_of(ep: md.EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"] or "<unknown>", dist.version or "?"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _scan(group: str) -> tuple[dict[str, Entry], dict[str, tuple[Entry, ...]]]:
     """Read entry points once per process. Returns (unique names, conflicting names)."""
     seen: dict[str, list[Entry]] = {}
@@ -112,7 +112,7 @@ def entry(group: str, name: str) -> Entry:
     return unique[name]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(group: str, name: str) -> Any:
     return entry(group, name).load()
 

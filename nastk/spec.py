@@ -23,7 +23,9 @@ class _Section(BaseModel):
 
 
 class DatasetSpec(_Section):
-    root: str | None = Field(None, description="MSD task folder (e.g. Task07_Pancreas/) or nnU-Net v2 dataset.")
+    root: str | None = Field(
+        None, description="MSD task folder (e.g. Task07_Pancreas/) or nnU-Net v2 dataset."
+    )
     spacing: tuple[float, float, float] = Field(
         (1.0, 1.0, 1.0), description="Target voxel spacing in mm (paper: 1.0 mm isotropic, Sec. 4)."
     )
@@ -101,7 +103,9 @@ class RetrainSpec(_Section):
 
 class InferenceSpec(_Section):
     patch_size: Triple = Field((96, 96, 96), description="Sliding-window patch (paper: as retraining).")
-    stride: Triple = Field((16, 16, 16), description="Window stride (paper: 16^3; Prostate 16x16x4; Hippocampus 4^3).")
+    stride: Triple = Field(
+        (16, 16, 16), description="Window stride (paper: 16^3; Prostate 16x16x4; Hippocampus 4^3)."
+    )
     blend: Literal["gaussian", "constant"] = Field("gaussian")
     ensemble: Literal["vote", "mean"] = Field("vote", description="Fold ensemble (paper: majority voting).")
     largest_component: bool = Field(True, description="Keep the largest connected component (paper: yes).")
@@ -177,11 +181,37 @@ def _space_problems(spec: Spec) -> list[tuple[str, str]]:
         patch = getattr(spec, section).patch_size
         if any(p % div for p in patch):
             problems.append(
-                (f"{section}.patch_size", f"{list(patch)} is not divisible by {div} (= 2^(depths+1)) on every side")
+                (
+                    f"{section}.patch_size",
+                    f"{list(patch)} is not divisible by {div} (= 2^(depths+1)) on every side",
+                )
             )
     stride = spec.inference.stride
     if any(s < 1 or s > p for s, p in zip(stride, spec.inference.patch_size)):
-        problems.append(("inference.stride", f"{list(stride)} must be between 1 and the patch size on every side"))
+        problems.append(
+            ("inference.stride", f"{list(stride)} must be between 1 and the patch size on every side")
+        )
+    return problems
+
+
+def _loss_problems(spec: Spec) -> list[tuple[str, str]]:
+    """Build each loss once with its params, and require exactly one segmentation loss."""
+    problems: list[tuple[str, str]] = []
+    n_seg = 0
+    for i, item in enumerate(spec.losses):
+        try:
+            factory = registry.load("losses", item.name)
+        except PluginError as exc:
+            problems.append((f"losses[{i}].name", str(exc)))
+            continue
+        try:
+            loss = factory(**item.params)
+        except (TypeError, ValueError) as exc:
+            problems.append((f"losses[{i}].params", f"{item.name}: {exc}"))
+            continue
+        n_seg += getattr(loss, "kind", None) == "segmentation"
+    if not problems and n_seg != 1:
+        problems.append(("losses", f"needs exactly one segmentation loss (e.g. dice_ce), found {n_seg}"))
     return problems
 
 
@@ -198,6 +228,8 @@ def validate(data: Any, file: str = "<spec>") -> Spec:
     problems = _plugin_problems(spec)
     if not any(f == "space.name" for f, _ in problems):
         problems += _space_problems(spec)
+    if not any(f.startswith("losses") for f, _ in problems):
+        problems += _loss_problems(spec)
     if problems:
         raise SpecError(file, problems)
     if spec.name is None:

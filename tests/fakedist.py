@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def make_dist(root: Path, name: str, version: str, entry_points: dict[str, dict[str, str]], modules=None) -> Path:
+def make_dist(
+    root: Path, name: str, version: str, entry_points: dict[str, dict[str, str]], modules=None
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     info = root / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir()

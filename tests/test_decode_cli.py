@@ -30,7 +30,11 @@ def test_paper_arch_file_is_feasible():
     # edges per layer as listed with the published architecture
     assert arch.edge_mask.sum(1).tolist() == [7, 8, 9, 8, 9, 9, 8, 8, 9, 9, 8, 5]
     assert arch.layer_edges(11) == [
-        (0, 0, "p3d_1x3x3"), (1, 0, "p3d_1x3x3"), (3, 2, "skip"), (2, 3, "p3d_3x3x1"), (3, 3, "conv3x3x3")
+        (0, 0, "p3d_1x3x3"),
+        (1, 0, "p3d_1x3x3"),
+        (3, 2, "skip"),
+        (2, 3, "p3d_3x3x1"),
+        (3, 3, "conv3x3x3"),
     ]
 
 
@@ -41,6 +45,7 @@ def test_decode_bare_params(tmp_path):
     assert res.returncode == 0, res.stderr
     arch = Architecture.load(tmp_path / "a.json")
     assert arch.depths == 3 and arch.layers == 4 and arch.is_feasible()
+    assert arch.space["params"] == {"layers": 4, "depths": 3, "filters": 16}  # arrays decide L and D
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "layer  1" in res.stdout
 
@@ -54,9 +59,14 @@ def test_decode_run_directory(tmp_path):
         "inference: {patch_size: [16, 16, 16], stride: [8, 8, 8]}\n"
     )
     rng = np.random.default_rng(2)
-    np.savez(run / "search" / "arch_params.npz", edge_logits=rng.normal(size=(3, 4)), op_logits=rng.normal(size=(3, 4, 2)))
-    res = run_cli("decode", run, "--no-picture")
+    np.savez(
+        run / "search" / "arch_params.npz",
+        edge_logits=rng.normal(size=(3, 4)),
+        op_logits=rng.normal(size=(3, 4, 2)),
+    )
+    res = run_cli("decode", run, "--no-picture", "--memory", "--batch", "3")
     assert res.returncode == 0, res.stderr
+    assert "batch 3" in res.stdout and "total" in res.stdout and not (run / "arch.png").exists()
     arch = Architecture.load(run / "arch.json")
     assert arch.op_names == ["skip", "conv3x3x3"] and arch.space["params"]["filters"] == 8
 
@@ -83,8 +93,17 @@ def test_decode_missing_file(tmp_path):
 
 def test_load_bad_arch_json(tmp_path):
     path = tmp_path / "arch.json"
-    path.write_text(json.dumps({"format": "nastk.arch", "version": 1, "depths": 2, "ops": ["skip"],
-                                "cells": [[{"edge": [0, 3], "op": "skip"}]]}))
+    path.write_text(
+        json.dumps(
+            {
+                "format": "nastk.arch",
+                "version": 1,
+                "depths": 2,
+                "ops": ["skip"],
+                "cells": [[{"edge": [0, 3], "op": "skip"}]],
+            }
+        )
+    )
     with pytest.raises(Exception) as exc:
         Architecture.load(path)
     assert "cells[0][0].edge" in str(exc.value)

@@ -11,12 +11,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+
+from nastk.errors import DataError
 from nastk_dints.architecture import Architecture
 from nastk_dints.discretize import decode
 from nastk_dints.monai_import import import_monai_arch
 from nastk_dints.picture import draw
-
-from nastk.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_ARCH = ROOT / "specs" / "archs" / "dints-cvpr2021.json"

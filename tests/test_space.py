@@ -15,7 +15,9 @@ PAPER_ARCH = "specs/archs/dints-cvpr2021.json"
 
 @pytest.mark.parametrize("depths,layers", [(2, 3), (3, 2), (4, 2)])
 def test_supernet_forward_backward(paper_ops, depths, layers):
-    net = SPACE.build_supernet({"layers": layers, "depths": depths, "filters": 4}, paper_ops, 1, 3, (32, 32, 32))
+    net = SPACE.build_supernet(
+        {"layers": layers, "depths": depths, "filters": 4}, paper_ops, 1, 3, (32, 32, 32)
+    )
     x = torch.randn(2, 1, 32, 32, 32)
     y = net(x)
     assert y.shape == (2, 3, 32, 32, 32)

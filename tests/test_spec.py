@@ -16,7 +16,9 @@ def test_defaults_are_the_paper():
     assert (s.search.warmup_iters, s.search.weight_iters, s.search.joint_iters) == (1000, 10000, 10000)
     assert s.search.weights.momentum == 0.9 and s.search.weights.weight_decay == 4e-5
     assert (s.search.weights.lr_start, s.search.weights.lr) == (0.025, 0.2)
-    assert s.search.milestones == [8000, 16000] and s.search.arch.lr == 0.008 and s.search.arch.weight_decay == 0
+    assert (
+        s.search.milestones == [8000, 16000] and s.search.arch.lr == 0.008 and s.search.arch.weight_decay == 0
+    )
     assert s.retrain.iters == 40000 and s.retrain.milestones == [8000, 16000, 24000, 32000]
     assert s.retrain.filter_multiplier == 2 and s.retrain.batch_multiplier == 2
     losses = {loss.name: loss for loss in s.losses}
@@ -92,3 +94,24 @@ def test_yaml_tags_cannot_execute_code(tmp_path):
     path.write_text("seed: !!python/object/apply:os.system ['touch pwned']\n")
     res = run_cli("validate", path, cwd=tmp_path)
     assert res.returncode == 2 and not (tmp_path / "pwned").exists()
+
+
+LOSS_BAD = [
+    (
+        "sigma out of range",
+        {"losses": [{"name": "dice_ce"}, {"name": "memory", "params": {"sigma": 1.5}}]},
+        "losses[1].params",
+    ),
+    ("unknown loss param", {"losses": [{"name": "dice_ce", "params": {"smoth": 1}}]}, "losses[0].params"),
+    ("no segmentation loss", {"losses": [{"name": "topology"}]}, "losses"),
+]
+
+
+@pytest.mark.parametrize("what,data,field", LOSS_BAD, ids=[b[0] for b in LOSS_BAD])
+def test_bad_loss_spec(what, data, field):
+    from nastk.errors import SpecError
+    from nastk.spec import validate
+
+    with pytest.raises(SpecError) as exc:
+        validate(data, "losses.yaml")
+    assert field in [f for f, _ in exc.value.problems], exc.value.problems

@@ -194,6 +194,12 @@ class Architecture:
             raise DataError(f"{path}: top level must be an object")
         return cls.from_dict(data, str(path))
 
+    def draw(self, path: str | Path) -> Path:
+        """Write a Fig. 7-style picture (PNG)."""
+        from nastk_dints.picture import draw
+
+        return draw(self, path)
+
     def summary(self) -> str:
         lines = [
             f"DiNTS architecture: {self.layers} layers, {self.depths} depths, "

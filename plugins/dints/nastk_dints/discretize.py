@@ -10,7 +10,7 @@ instead of building an (L*M)^2 graph.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from nastk_dints.architecture import PAPER_OPS, Architecture
 from nastk_dints.topology import topology
 
 
-@lru_cache(maxsize=None)
+@cache
 def _groups_by_target(depths: int) -> np.ndarray:
     """[A, K] pattern indices grouped by target set, padded with M (points at a +inf slot)."""
     topo = topology(depths)
@@ -111,7 +111,7 @@ def decode(
     path, total = shortest_feasible_path(cost, depths)
     c_top = topo.patterns[path]
     c_max = topo.patterns[cost.argmin(1)]
-    params = {"layers": n_layers, "depths": depths, **(space_params or {})}
+    params = {**(space_params or {}), "layers": n_layers, "depths": depths}  # the arrays decide L and D
     return Architecture(
         depths=depths,
         edge_mask=c_top,

@@ -24,7 +24,10 @@ def topology_value(edge_logits: torch.Tensor, topo: Topology) -> torch.Tensor:
     log_out = rx.node_set_log_probs(edge_logits[1:], topo.edge_to_source, topo.node_sets)
     p_in = log_in.exp()
     log_out_c = log_out.clamp(min=LOG_CLAMP)
-    log_not_out = rx._log1mexp(log_out.clamp(max=-1e-300)).clamp(min=LOG_CLAMP)
+    # log(1 - p_out(a)) = log sum_{b != a} p_out(b): exact even when p_out(a) is within 1e-16 of 1.
+    others = torch.eye(log_out.shape[-1], dtype=torch.bool, device=log_out.device)
+    log_not_out = torch.logsumexp(log_out[..., None, :].masked_fill(others, -torch.inf), dim=-1)
+    log_not_out = log_not_out.clamp(min=LOG_CLAMP)
     return -(p_in * log_out_c + (1 - p_in) * log_not_out).sum()
 
 

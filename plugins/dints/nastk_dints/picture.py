@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
 from nastk_dints.architecture import Architecture
 from nastk_dints.topology import edge_list
 

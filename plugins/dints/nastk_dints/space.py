@@ -229,6 +229,19 @@ class DiNTSSpace:
         base = filters if filters is not None else arch.space.get("params", {}).get("filters", 16)
         return DiNTSNetwork(arch, ops, in_channels, num_classes, base * filter_multiplier)
 
+    def load_arch(self, path) -> Architecture:
+        return Architecture.load(path)
+
+    def import_arch(self, path, **kwargs: Any) -> Architecture:
+        """Convert a MONAI DiNTS / Auto3DSeg architecture file."""
+        from nastk_dints.monai_import import import_monai_arch
+
+        return import_monai_arch(path, **kwargs)
+
+    def estimate_memory(self, arch: Architecture, ops: dict[str, CellOp], **setting: Any) -> dict[str, float]:
+        """Bytes saved for backward by the discrete network at a training setting (see below)."""
+        return estimate_training_memory(arch, ops, **setting)
+
 
 SPACE = DiNTSSpace()
 
@@ -258,8 +271,12 @@ def estimate_training_memory(
 
     stem = sum(
         memory.cost_per_sample(
-            ("stem", in_channels, f, d), lambda d=d: Stem(in_channels, f, d), in_channels, voxels(d + 1),
-            2.0 ** (d + 1), dtype,
+            ("stem", in_channels, f, d),
+            lambda d=d: Stem(in_channels, f, d),
+            in_channels,
+            voxels(d + 1),
+            2.0 ** (d + 1),
+            dtype,
         )
         for d in arch.input_depths
     )
@@ -272,8 +289,12 @@ def estimate_training_memory(
             c_in, c_out = depth_channels(f, s), depth_channels(f, t)
             if s != t:
                 cells += memory.cost_per_sample(
-                    ("resample", s - t, c_in, c_out), lambda s=s, t=t: resample(s, t, f), c_in,
-                    voxels(t + 1), 2.0 ** (t - s), dtype,
+                    ("resample", s - t, c_in, c_out),
+                    lambda s=s, t=t: resample(s, t, f),
+                    c_in,
+                    voxels(t + 1),
+                    2.0 ** (t - s),
+                    dtype,
                 )
             cells += memory.cost_per_sample(
                 ("op", op, c_out), lambda b=ops[op], c=c_out: b(c), c_out, voxels(t + 1), 1.0, dtype
@@ -281,8 +302,12 @@ def estimate_training_memory(
     top = int(np.flatnonzero(arch.node_active[-1]).max())
     head = sum(
         memory.cost_per_sample(
-            ("head_up", depth_channels(f, d), f, d), lambda d=d: HeadUp(depth_channels(f, d), scale_channels(f, d)),
-            depth_channels(f, d), voxels(d), 0.5, dtype,
+            ("head_up", depth_channels(f, d), f, d),
+            lambda d=d: HeadUp(depth_channels(f, d), scale_channels(f, d)),
+            depth_channels(f, d),
+            voxels(d),
+            0.5,
+            dtype,
         )
         for d in range(top + 1)
     )

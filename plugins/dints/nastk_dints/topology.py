@@ -13,7 +13,7 @@ Conventions (one place, used everywhere):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def _node_set_index(member: np.ndarray) -> np.ndarray:
     return (member.astype(np.int64) << np.arange(member.shape[-1])).sum(-1) - 1
 
 
-@lru_cache(maxsize=None)
+@cache
 def topology(depths: int) -> Topology:
     if depths < 2:
         raise ValueError(f"DiNTS needs at least 2 depths, got {depths}")
