@@ -77,13 +77,9 @@ def _read_params(path: Path) -> dict:
 @app.command()
 def decode(
     run: Annotated[Path | None, typer.Argument(help="Run directory with search/arch_params.npz.")] = None,
-    params: Annotated[
-        Path | None, typer.Option(help="A bare .npz with edge_logits and op_logits.")
-    ] = None,
+    params: Annotated[Path | None, typer.Option(help="A bare .npz with edge_logits and op_logits.")] = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="arch.json to write.")] = None,
-    ops: Annotated[
-        str | None, typer.Option(help="Comma-separated op names (default: the spec's).")
-    ] = None,
+    ops: Annotated[str | None, typer.Option(help="Comma-separated op names (default: the spec's).")] = None,
     discretizer: Annotated[
         str | None, typer.Option(help="Registered discretizer (default: the spec's).")
     ] = None,

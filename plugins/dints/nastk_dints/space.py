@@ -100,7 +100,7 @@ class Supernet(nn.Module):
         self.op_logits = nn.Parameter(torch.randn(n_layers, len(self.edges), len(ops)) * 0.01 + 1.0)
         self.edge_logits = nn.Parameter(torch.randn(n_layers, len(self.edges)) * 0.01)
         self._ops = ops
-        self._memory: tuple[np.ndarray, np.ndarray] | None = None
+        self._memory: dict[torch.dtype, tuple[np.ndarray, np.ndarray]] = {}
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.edge_logits, self.op_logits]
@@ -123,11 +123,11 @@ class Supernet(nn.Module):
 
     def memory_costs(self, dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
         """(resample cost [E], op cost [E, N]) in bytes for one sample at ``patch_size``."""
-        if self._memory is None:
-            self._memory = edge_memory_costs(
+        if dtype not in self._memory:
+            self._memory[dtype] = edge_memory_costs(
                 self.params.depths, self.params.filters, self._ops, self.patch_size, dtype
             )
-        return self._memory
+        return self._memory[dtype]
 
     def arch_parameters_numpy(self) -> dict[str, np.ndarray]:
         return {
