@@ -172,6 +172,42 @@ def import_arch(
     out.print(f"wrote {out_path}", highlight=False)
 
 
+@app.command()
+def preprocess(
+    spec: Annotated[Path, typer.Argument(help="Spec YAML file whose dataset.root is the task folder.")],
+    workers: Annotated[int | None, typer.Option(help="Processes (default: dataset.num_workers).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Preprocess a dataset into the cache (reorient, resample, crop, normalise); skips finished cases."""
+    from nastk.data.preprocess import preprocess as run_preprocess
+    from nastk.spec import load_spec
+
+    resolved = load_spec(spec)
+    cache = run_preprocess(resolved.dataset, seed=resolved.seed, workers=workers, quiet=quiet)
+    out.print(f"{len(cache.case_ids)} cases preprocessed in {cache.root}", highlight=False)
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the MSD-format task into.")],
+    cases: Annotated[int, typer.Option(help="Training cases.")] = 12,
+    size: Annotated[int, typer.Option(help="Volume side in voxels (in-plane).")] = 48,
+    classes: Annotated[int, typer.Option(help="Classes including background.")] = 3,
+    test_cases: Annotated[int, typer.Option(help="Held-out cases (imagesTs, labelsTs).")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write the embedded synthetic task in MSD format (dataset.json, imagesTr, labelsTr, imagesTs)."""
+    from nastk.data.synthetic import write_synthetic_task
+
+    try:
+        path = write_synthetic_task(
+            out_dir, cases=cases, size=size, classes=classes, seed=seed, test_cases=test_cases
+        )
+    except ValueError as exc:
+        raise DataError(f"synth: {exc}") from None
+    out.print(f"wrote synthetic task to {path}", highlight=False)
+
+
 def _print_error(exc: NastkError) -> None:
     if isinstance(exc, SpecError):
         table = Table(title=f"invalid spec: {exc.file}", title_justify="left")

@@ -22,9 +22,31 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _paper_augmentation() -> list[dict[str, Any]]:
+    # Sec. 4.1: rotation by 90/180/270 degrees in the x-y plane and flips on all three axes.
+    return [{"name": "rot90_xy"}, {"name": "flip"}]
+
+
 class DatasetSpec(_Section):
     root: str | None = Field(
         None, description="MSD task folder (e.g. Task07_Pancreas/) or nnU-Net v2 dataset."
+    )
+    format: Literal["auto", "msd", "nnunet"] = Field(
+        "auto", description="dataset.json flavour; auto-detected."
+    )
+    cache_dir: str | None = Field(None, description="Preprocessed cache; default <root>/.nastk-cache.")
+    num_workers: int = Field(2, ge=0, description="Processes for preprocessing and patch loading.")
+    crop_nonzero: bool = Field(True, description="Crop each case to its nonzero region.")
+    fg_fraction: float = Field(
+        0.33,
+        ge=0,
+        le=1,
+        description="Share of patches centred on foreground (the paper does not say; nnU-Net: 1/3).",
+    )
+    augment: list[dict[str, Any]] = Field(
+        default_factory=_paper_augmentation,
+        description="Named batch augmentations with params (paper search/Pancreas: rot90_xy, flip; "
+        "the other nine tasks add rotate_xy, scale, gamma).",
     )
     spacing: tuple[float, float, float] = Field(
         (1.0, 1.0, 1.0), description="Target voxel spacing in mm (paper: 1.0 mm isotropic, Sec. 4)."
@@ -164,6 +186,18 @@ def _plugin_problems(spec: Spec) -> list[tuple[str, str]]:
     return problems
 
 
+def _augment_problems(spec: Spec) -> list[tuple[str, str]]:
+    from nastk.data import augment
+
+    problems = []
+    for i, item in enumerate(spec.dataset.augment):
+        try:
+            augment.build([item])
+        except ValueError as exc:
+            problems.append((f"dataset.augment[{i}]", str(exc)))
+    return problems
+
+
 def _space_problems(spec: Spec) -> list[tuple[str, str]]:
     """Validate space params with the space's own model, then every patch against its divisor."""
     try:
@@ -225,7 +259,7 @@ def validate(data: Any, file: str = "<spec>") -> Spec:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(file, [(_loc(e["loc"]), e["msg"]) for e in exc.errors()]) from None
-    problems = _plugin_problems(spec)
+    problems = _plugin_problems(spec) + _augment_problems(spec)
     if not any(f == "space.name" for f, _ in problems):
         problems += _space_problems(spec)
     if not any(f.startswith("losses") for f, _ in problems):

@@ -1,0 +1,1 @@
+"""Data loading, preprocessing and augmentation for 3D segmentation patches."""
