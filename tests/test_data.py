@@ -11,10 +11,9 @@ import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 
 from nastk.data.dataset import read_dataset
-from nastk.data.imageio import Geometry, to_array
+from nastk.data.imageio import Geometry
 from nastk.data.preprocess import load_case, make_splits, preprocess, restore_geometry, search_halves
 from nastk.data.sampler import PatchDataset, make_loader
-from nastk.errors import DataError
 from nastk.spec import DatasetSpec
 
 from conftest import run_cli
