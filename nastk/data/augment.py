@@ -5,11 +5,12 @@ Every transform works on a whole batch at once:
 * ``image`` is ``[B, C, X, Y, Z]`` floating point, ``label`` is ``[B, X, Y, Z]`` integer (any integer
   dtype, typically ``long`` or ``uint8``). X and Y span the axial (x-y) plane, Z is the slice axis.
 * Per-sample randomness (whether a sample is augmented, and with which angle/factor) is drawn as
-  tensors from the ``torch.Generator`` passed to the call, then applied with ``torch.where`` masks
-  (``rot90_xy``, ``flip``) or one batched ``affine_grid``/``grid_sample`` over the selected samples
-  (``rotate_xy``, ``scale``) or one batched elementwise expression (``gamma``). There is no Python
-  loop over samples or voxels.
-* Outputs keep the inputs' shape, dtype and device; the label dtype is preserved.
+  tensors from the ``torch.Generator`` passed to the call. ``rot90_xy`` and ``flip`` then move
+  voxels with one batched ``gather`` (a per-sample permutation), ``rotate_xy`` and ``scale``
+  resample the selected samples with one batched ``affine_grid``/``grid_sample``, and ``gamma`` is
+  one batched elementwise expression. There is no Python loop over samples or voxels.
+* Outputs keep the inputs' shape, dtype and device; the label dtype is preserved. Inputs are never
+  modified in place; when no sample is selected a transform may return its inputs themselves.
 
 Generators and devices: random numbers are drawn on the *generator's* device and then moved to the
 tensors' device, so both a CPU generator (``torch.Generator()``, the simplest choice; the draws are a
@@ -86,19 +87,6 @@ def _rand(generator: torch.Generator | None, *size: int) -> Tensor:
     return torch.rand(size, generator=generator, device=device, dtype=torch.float64)
 
 
-def _uniform(generator: torch.Generator | None, n: int, lo: float, hi: float) -> Tensor:
-    return lo + (hi - lo) * _rand(generator, n)
-
-
-def _bmask(mask: Tensor, ndim: int, device: torch.device) -> Tensor:
-    """Per-sample boolean ``[B]`` -> ``[B, 1, ..., 1]`` with ``ndim`` dims on ``device``."""
-    return mask.to(device).view(-1, *([1] * (ndim - 1)))
-
-
-def _where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    return torch.where(_bmask(mask, a.ndim, a.device), a, b)
-
-
 def _check_prob(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
@@ -132,7 +120,73 @@ def _check_padding(value: object) -> str:
 # --------------------------------------------------------------------------- exact (permutation) transforms
 
 
-class Rot90XY:
+class _Dihedral:
+    """Shared gather for transforms that only permute voxels (flips and x-y transposes).
+
+    Subclasses implement :meth:`draw`, which returns a per-sample ``[B, 4]`` boolean tensor
+    ``(flip X, flip Y, flip Z, transpose X<->Y)`` meaning "flip the selected axes, then transpose".
+    The permutation is applied with one ``gather`` over the flattened patch for the image and one
+    for the label (no interpolation, so values are only moved, and image and label get the same
+    permutation). :class:`Compose` merges consecutive such transforms into a single gather.
+    """
+
+    name = "_dihedral"
+
+    def draw(
+        self, shape: Sequence[int], generator: torch.Generator | None
+    ) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(
+        self, image: Tensor, label: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        return _apply_dihedral([self], image, label, generator)
+
+
+def _compose_dihedral(first: Tensor, then: Tensor) -> Tensor:
+    """``then o first`` for ``[B, 4]`` (fx, fy, fz, swap) elements, each "flip, then transpose"."""
+    # swap2 F2 swap1 F1 = swap2 swap1 F2' F1, where F2' exchanges the X/Y flips of F2 when swap1.
+    swap1 = first[:, 3]
+    fx2 = torch.where(swap1, then[:, 1], then[:, 0])
+    fy2 = torch.where(swap1, then[:, 0], then[:, 1])
+    return torch.stack(
+        [first[:, 0] ^ fx2, first[:, 1] ^ fy2, first[:, 2] ^ then[:, 2], swap1 ^ then[:, 3]], dim=1
+    )
+
+
+def _apply_dihedral(
+    run: Sequence[_Dihedral], image: Tensor, label: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    _check_pair(image, label)
+    shape = tuple(image.shape)
+    total: Tensor | None = None
+    for t in run:
+        ops = t.draw(shape, generator)
+        total = ops if total is None else _compose_dihedral(total, ops)
+    assert total is not None
+    if not bool(total.any()):
+        return image, label
+    b, c, nx, ny, nz = shape
+    ops = total.to(image.device)
+    fx, fy, fz, swap = (ops[:, i] for i in range(4))
+    dev = image.device
+    i = torch.arange(nx, device=dev).view(1, nx, 1)
+    j = torch.arange(ny, device=dev).view(1, 1, ny)
+    k = torch.arange(nz, device=dev).view(1, nz)
+    # Output voxel (i, j, k) reads input voxel (src_x, src_y, src_z): transpose (only when X == Y,
+    # which draw() guarantees), then undo the flips.
+    src_x = torch.where(swap.view(-1, 1, 1), j, i)
+    src_y = torch.where(swap.view(-1, 1, 1), i, j)
+    src_x = torch.where(fx.view(-1, 1, 1), nx - 1 - src_x, src_x)
+    src_y = torch.where(fy.view(-1, 1, 1), ny - 1 - src_y, src_y)
+    src_z = torch.where(fz.view(-1, 1), nz - 1 - k, k)
+    idx = ((src_x * ny + src_y).unsqueeze(-1) * nz + src_z.view(b, 1, 1, nz)).view(b, 1, -1)
+    image = image.flatten(2).gather(2, idx.expand(b, c, -1)).view(shape)
+    label = label.flatten(1).gather(1, idx.view(b, -1)).view(b, nx, ny, nz)
+    return image, label
+
+
+class Rot90XY(_Dihedral):
     """Rotate each sample in the x-y plane by a multiple of 90 degrees.
 
     With probability ``p`` a sample is rotated by k*90 degrees with k uniform in {1, 2, 3}
@@ -141,11 +195,10 @@ class Rot90XY:
     (each 1/4), i.e. the same distribution as "always rotate by k uniform in {0, 1, 2, 3}", while
     ``p=1`` guarantees a rotation. Patches with X != Y cannot be rotated by 90 or 270 degrees
     without changing shape, so for them only k=2 (180 degrees) is used when a sample is selected
-    (the orientations are then {0, 180}).
+    (the orientations are then {0, 180}). The result equals ``torch.rot90(x, k, dims=(X, Y))``.
 
-    Implemented as the dihedral decomposition rot90^k = [transpose if k odd] o [flip X if k in
-    {2, 3}] o [flip Y if k in {1, 2}], each step a per-sample ``torch.where``: no interpolation,
-    values are only permuted, and image and label get the same permutation.
+    Implemented as rot90^k = [transpose if k odd] o [flip X if k in {2, 3}] o [flip Y if k in
+    {1, 2}], applied as one gather (see :class:`_Dihedral`).
     """
 
     name = "rot90_xy"
@@ -156,35 +209,22 @@ class Rot90XY:
     def __repr__(self) -> str:
         return f"Rot90XY(p={self.p})"
 
-    def __call__(
-        self, image: Tensor, label: Tensor, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
-        _check_pair(image, label)
-        b = image.shape[0]
-        u = _rand(generator, 2, b)
+    def draw(self, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
+        u = _rand(generator, 2, shape[0])
         apply = u[0] < self.p
-        if image.shape[2] == image.shape[3]:
-            k = torch.where(
-                apply, 1 + (u[1] * 3).long().clamp(max=2), torch.zeros_like(apply, dtype=torch.long)
-            )
+        if shape[2] == shape[3]:
+            k = torch.where(apply, 1 + (u[1] * 3).long().clamp(max=2), 0)
         else:
             k = torch.where(apply, 2, 0)
-        flip_x, flip_y, swap = (k == 2) | (k == 3), (k == 1) | (k == 2), (k % 2) == 1
-        image = _where(flip_x, image.flip(2), image)
-        label = _where(flip_x, label.flip(1), label)
-        image = _where(flip_y, image.flip(3), image)
-        label = _where(flip_y, label.flip(2), label)
-        if image.shape[2] == image.shape[3]:
-            image = _where(swap, image.transpose(2, 3), image)
-            label = _where(swap, label.transpose(1, 2), label)
-        return image, label
+        no_z = torch.zeros_like(apply)
+        return torch.stack([(k == 2) | (k == 3), (k == 1) | (k == 2), no_z, (k % 2) == 1], dim=1)
 
 
-class Flip:
+class Flip(_Dihedral):
     """Flip each spatial axis of each sample independently with probability ``p`` (default 0.5).
 
     ``axes`` selects which spatial axes may be flipped (0=X, 1=Y, 2=Z; default all three, as
-    "flip in all three axis" in DiNTS Sec. 4.1). One per-sample ``torch.where`` per axis.
+    "flip in all three axis" in DiNTS Sec. 4.1). Applied as one gather (see :class:`_Dihedral`).
     """
 
     name = "flip"
@@ -204,16 +244,11 @@ class Flip:
     def __repr__(self) -> str:
         return f"Flip(p={self.p}, axes={list(self.axes)})"
 
-    def __call__(
-        self, image: Tensor, label: Tensor, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor]:
-        _check_pair(image, label)
-        u = _rand(generator, len(self.axes), image.shape[0])
-        for row, axis in zip(u, self.axes):
-            mask = row < self.p
-            image = _where(mask, image.flip(2 + axis), image)
-            label = _where(mask, label.flip(1 + axis), label)
-        return image, label
+    def draw(self, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
+        u = _rand(generator, len(self.axes), shape[0])
+        ops = torch.zeros(shape[0], 4, dtype=torch.bool, device=u.device)
+        ops[:, list(self.axes)] = (u < self.p).T
+        return ops
 
 
 # --------------------------------------------------------------------------- interpolating transforms
@@ -234,7 +269,6 @@ class _Affine:
 
     name = "_affine"
     padding_mode = "zeros"
-    p = 0.0
 
     def draw(
         self, shape: Sequence[int], generator: torch.Generator | None
@@ -417,37 +451,46 @@ class Gamma:
 
 
 class Compose:
-    """Run transforms in order; consecutive affine transforms share one resampling.
+    """Run transforms in order, merging consecutive transforms of the same kind.
 
-    ``fuse_affine=True`` (default) merges runs of consecutive ``rotate_xy``/``scale`` with the same
-    ``padding_mode`` into one ``grid_sample`` (the composed matrix), which halves the interpolation
-    blur and the cost. The random draws are the same as without fusing, only the resampling differs
-    (and content that an intermediate step would have cropped is kept).
+    With ``fuse=True`` (default) a run of consecutive ``rot90_xy``/``flip`` becomes one gather (the
+    composed permutation), and a run of consecutive ``rotate_xy``/``scale`` with the same
+    ``padding_mode`` becomes one ``grid_sample`` (the composed matrix), which halves the
+    interpolation blur and the cost. The random draws are exactly those of the unfused pipeline;
+    permutations give identical results, resampling differs only by interpolation (and content
+    that an intermediate step would have cropped is kept).
     """
 
-    def __init__(self, transforms: Sequence[Transform], *, fuse_affine: bool = True):
+    def __init__(self, transforms: Sequence[Transform], *, fuse: bool = True):
         self.transforms = list(transforms)
-        self.fuse_affine = bool(fuse_affine)
-        self._steps: list[Callable[[Tensor, Tensor, torch.Generator | None], tuple[Tensor, Tensor]]] = []
-        run: list[_Affine] = []
+        self.fuse = bool(fuse)
+        Step = Callable[[Tensor, Tensor, torch.Generator | None], tuple[Tensor, Tensor]]
+        self._steps: list[Step] = []
+        run: list = []
+        run_key: tuple | None = None
 
         def close_run() -> None:
-            if run:
-                frozen = list(run)
-                if len(frozen) == 1:
-                    self._steps.append(frozen[0])
-                else:
-                    self._steps.append(lambda i, lb, g, _r=frozen: _apply_affine(_r, i, lb, g))
-                run.clear()
+            if len(run) == 1:
+                self._steps.append(run[0])
+            elif run:
+                apply = _apply_affine if isinstance(run[0], _Affine) else _apply_dihedral
+                self._steps.append(lambda i, lb, g, _r=list(run), _f=apply: _f(_r, i, lb, g))
+            run.clear()
 
         for t in self.transforms:
-            if self.fuse_affine and isinstance(t, _Affine):
-                if run and run[0].padding_mode != t.padding_mode:
-                    close_run()
+            if isinstance(t, _Affine):
+                key: tuple | None = ("affine", t.padding_mode)
+            elif isinstance(t, _Dihedral):
+                key = ("dihedral",)
+            else:
+                key = None
+            if not self.fuse or key is None or key != run_key:
+                close_run()
+            run_key = key if self.fuse else None
+            if key is None:
+                self._steps.append(t)
+            else:
                 run.append(t)
-                continue
-            close_run()
-            self._steps.append(t)
         close_run()
 
     def __len__(self) -> int:
@@ -479,7 +522,7 @@ def _accepted_params(cls: type) -> list[str]:
     return [n for n, prm in sig.parameters.items() if n != "self" and prm.kind is prm.KEYWORD_ONLY]
 
 
-def build(specs: Sequence[dict], *, fuse_affine: bool = True) -> Compose:
+def build(specs: Sequence[dict], *, fuse: bool = True) -> Compose:
     """Build a :class:`Compose` from ``[{"name": ..., "p": ..., **params}, ...]``.
 
     Raises ``ValueError`` naming the offending entry (index and name) and parameter.
@@ -510,4 +553,4 @@ def build(specs: Sequence[dict], *, fuse_affine: bool = True) -> Compose:
             transforms.append(cls(**params))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"augmentation entry {i} ({name}): {exc}") from exc
-    return Compose(transforms, fuse_affine=fuse_affine)
+    return Compose(transforms, fuse=fuse)
