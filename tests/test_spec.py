@@ -61,6 +61,13 @@ BAD = [
     ("unknown space param", {"space": {"params": {"width": 3}}}, "space.params.width"),
     ("patch not divisible", {"search": {"patch_size": [96, 96, 80]}}, "search.patch_size"),
     ("retrain patch not divisible", {"retrain": {"patch_size": [64, 64, 48]}}, "retrain.patch_size"),
+    (
+        "unknown augmentation",
+        {"dataset": {"augment": [{"name": "flip"}, {"name": "elastic"}]}},
+        "dataset.augment[1]",
+    ),
+    ("bad augmentation param", {"dataset": {"augment": [{"name": "flip", "p": 2}]}}, "dataset.augment[0]"),
+    ("unknown dataset format", {"dataset": {"format": "bids"}}, "dataset.format"),
 ]
 
 
