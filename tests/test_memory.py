@@ -44,3 +44,12 @@ def test_supernet_memory_costs_scale_with_resolution(paper_ops):
     assert resample[0] == 0 and resample[1] > 0 and resample[2] > 0
     assert (op_cost[:, 0] == 0).all()
     torch.testing.assert_close(torch.tensor(op_cost[:, 2]), torch.tensor(op_cost[:, 3]))
+
+
+def test_costs_measured_under_no_grad_are_not_zero(paper_ops):
+    with torch.no_grad():
+        cost = cost_per_sample(("nograd", "conv3x3x3", 5), lambda: dints_ops.conv3x3x3(5), 5, 1000)
+    assert cost > 0
+    net = SPACE.build_supernet({"layers": 2, "depths": 2, "filters": 3}, paper_ops, 1, 2, (16, 16, 16))
+    diag = net.diagnostics()
+    assert 0 < diag["memory_ratio"] < 1 and diag["gap"] >= 0

@@ -32,8 +32,10 @@ def saved_bytes(module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dt
             storages[ptr] = storage.nbytes()
         return t
 
-    x = torch.randn(input_shape, dtype=dtype, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    # enable_grad: called under no_grad (e.g. from diagnostics) nothing would be saved, and the
+    # zero would be cached.
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        x = torch.randn(input_shape, dtype=dtype, requires_grad=True)
         module(x)
     return sum(storages.values())
 

@@ -11,12 +11,15 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nastk.protocols import CellOp
 from nastk_dints import memory
 from nastk_dints import relaxation as rx
 from nastk_dints.architecture import Architecture
 from nastk_dints.blocks import Head, HeadOut, HeadUp, Stem, depth_channels, resample, scale_channels
+from nastk_dints.discretize import gap
+from nastk_dints.losses import expected_memory, full_memory
 from nastk_dints.topology import edge_list, topology
 
 
@@ -101,6 +104,7 @@ class Supernet(nn.Module):
         self.edge_logits = nn.Parameter(torch.randn(n_layers, len(self.edges)) * 0.01)
         self._ops = ops
         self._memory: dict[torch.dtype, tuple[np.ndarray, np.ndarray]] = {}
+        self.checkpoint_cells = False
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.edge_logits, self.op_logits]
@@ -110,16 +114,35 @@ class Supernet(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        marginals = rx.edge_marginals(self.edge_logits).to(image.dtype)  # [L, E], once per step
-        alpha = rx.op_weights(self.op_logits).to(image.dtype)  # [L, E, N]
+        dtype = (
+            torch.get_autocast_dtype(image.device.type)
+            if torch.is_autocast_enabled(image.device.type)
+            else image.dtype
+        )
+        marginals = rx.edge_marginals(self.edge_logits).to(dtype)  # [L, E], once per step
+        alpha = rx.op_weights(self.op_logits).to(dtype)  # [L, E, N]
         nodes = [stem(image) for stem in self.stems]
         for i in range(self.params.layers):
             new: list[torch.Tensor | None] = [None] * self.params.depths
             for e, (s, t) in enumerate(self.edges):
-                y = self.cells[cell_name(i + 1, s, t)](nodes[s], alpha[i, e]) * marginals[i, e]
+                cell = self.cells[cell_name(i + 1, s, t)]
+                if self.checkpoint_cells and self.training:
+                    # Recompute the cell in backward instead of keeping its activations.
+                    y = checkpoint(cell, nodes[s], alpha[i, e], use_reentrant=False)
+                else:
+                    y = cell(nodes[s], alpha[i, e])
+                y = y * marginals[i, e]
                 new[t] = y if new[t] is None else new[t] + y
             nodes = new  # type: ignore[assignment]
         return self.head(dict(enumerate(nodes)))
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """Logged during search: M_e/M_a (Eq. 8-9) and the gap G of Sec. 4.4.2."""
+        resample_cost, op_cost = self.memory_costs()
+        m_e = expected_memory(self.edge_logits, self.op_logits, resample_cost, op_cost)
+        m_a = full_memory(self.params.layers, resample_cost, op_cost)
+        return {"memory_ratio": float(m_e / m_a), "gap": float(gap(self.edge_logits))}
 
     def memory_costs(self, dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
         """(resample cost [E], op cost [E, N]) in bytes for one sample at ``patch_size``."""

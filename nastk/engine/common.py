@@ -1,0 +1,139 @@
+"""Pieces shared by search and retrain: seeding, AMP, batches, logging, progress, Dice."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nastk.errors import NastkError
+
+
+class TrainingError(NastkError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_scaler(device: torch.device, amp: str):
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def batch_generator(seed: int, rank: int, iteration: int, stream: int, device: torch.device) -> torch.Generator:
+    """Augmentation randomness as a function of (seed, rank, iteration, stream): resumes exactly."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + iteration) * 7 + stream)
+    return gen
+
+
+def to_device(batch, device: torch.device, channels_last: bool):
+    image, label = batch
+    image = image.to(device, non_blocking=True)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    return image, label.to(device, non_blocking=True).long()
+
+
+def hard_dice(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """Mean Dice over the foreground classes present in prediction or target."""
+    pred = logits.argmax(1)
+    scores = []
+    for c in range(1, num_classes):
+        p, t = pred == c, target == c
+        denom = p.sum() + t.sum()
+        if denom > 0:
+            scores.append((2 * (p & t).sum() / denom).item())
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def check_finite(terms: dict[str, torch.Tensor], iteration: int) -> None:
+    for name, value in terms.items():
+        if not torch.isfinite(value).all():
+            raise TrainingError(
+                f"iteration {iteration}: loss term {name!r} is {value.item()}; stopped, the last good "
+                "checkpoint is kept (lower the LR, or try --amp off)"
+            )
+
+
+class CsvLog:
+    """An append-only CSV; on resume, rows past the checkpoint's iteration are dropped."""
+
+    def __init__(self, path: Path, resume_from: int | None):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if resume_from is not None and path.exists():
+            with path.open() as fh:
+                self.rows = [r for r in csv.DictReader(fh) if int(r["iteration"]) <= resume_from]
+        self._write_all()
+
+    def _write_all(self) -> None:
+        from nastk.io import atomic_write_text
+
+        if not self.rows:
+            atomic_write_text(self.path, "")
+            return
+        keys = list(self.rows[0])
+        for row in self.rows:
+            keys += [k for k in row if k not in keys]
+        lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in self.rows]
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self._write_all()
+
+
+class Reporter:
+    """Rich progress on a terminal (rank 0), plain lines otherwise, nothing with --quiet."""
+
+    def __init__(self, total: int, start: int, enabled: bool, quiet: bool, title: str):
+        self.enabled = enabled and not quiet
+        self.total, self.title = total, title
+        self.bar = None
+        self.started = time.monotonic()
+        self.start = start
+        if self.enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(title, total=total, completed=start, info="")
+
+    def update(self, iteration: int, phase: str, info: str, line: bool) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, completed=iteration + 1, description=f"{self.title} [{phase}]", info=info)
+        elif line:
+            done = iteration + 1 - self.start
+            rate = done / max(time.monotonic() - self.started, 1e-9)
+            eta = (self.total - iteration - 1) / max(rate, 1e-9)
+            print(f"{self.title} {iteration + 1}/{self.total} [{phase}] {info} eta {eta:.0f}s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,72 @@
+"""torchrun + DistributedDataParallel, nothing home-made: rank, device and wrapping."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str | None = None) -> Dist:
+    """Read torchrun's environment; init the process group (NCCL on GPU, gloo on CPU) when world > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+    dev = torch.device(f"cuda:{local}") if kind == "cuda" else torch.device("cpu")
+    if kind == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not tdist.is_initialized():
+        tdist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
+    return Dist(rank, world, local, dev)
+
+
+def wrap(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
+    if not dist.enabled:
+        return model
+    ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def barrier(dist: Dist) -> None:
+    if dist.enabled:
+        tdist.barrier()
+
+
+def any_flag(flag: bool, dist: Dist) -> bool:
+    """True on every rank if it is True on any rank."""
+    if not dist.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=dist.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def teardown(dist: Dist) -> None:
+    if dist.enabled and tdist.is_initialized():
+        tdist.destroy_process_group()
