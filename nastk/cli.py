@@ -208,6 +208,59 @@ def synth(
     out.print(f"wrote synthetic task to {path}", highlight=False)
 
 
+def _run_options(out_path: Path, **kw) -> object:
+    from nastk.engine.options import RunOptions
+
+    return RunOptions(out=out_path, **kw)
+
+
+AmpOption = Annotated[str, typer.Option(help="Mixed precision: off, bf16 or fp16 (with a grad scaler).")]
+DeviceOption = Annotated[str | None, typer.Option(help="cpu or cuda (default: whatever is available).")]
+
+
+@app.command()
+def search(
+    spec: Annotated[Path, typer.Argument(help="Spec YAML file.")],
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default runs/<spec name>).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN/search/checkpoint.pt.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")] = False,
+    device: DeviceOption = None,
+    amp: AmpOption = "off",
+    channels_last: Annotated[bool, typer.Option(help="channels_last_3d memory format.")] = False,
+    checkpoint_cells: Annotated[
+        bool, typer.Option(help="Recompute cells in backward to save memory.")
+    ] = False,
+    deterministic: Annotated[
+        bool, typer.Option(help="Deterministic algorithms (same spec, same result).")
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Data-loader workers (default: dataset.num_workers).")
+    ] = None,
+) -> None:
+    """Differentiable topology + cell search (Sec. 3.6), then decode to RUN/arch.json."""
+    from nastk.engine.search import run_search
+    from nastk.spec import load_spec
+
+    if amp not in ("off", "bf16", "fp16"):
+        raise DataError(f"--amp: {amp!r} is not one of off, bf16, fp16")
+    resolved = load_spec(spec)
+    run = out_path or Path("runs") / resolved.name
+    opts = _run_options(
+        run,
+        resume=resume,
+        quiet=quiet,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        checkpoint_cells=checkpoint_cells,
+        deterministic=deterministic,
+        workers=workers,
+    )
+    run_search(resolved, opts)
+
+
 def _print_error(exc: NastkError) -> None:
     if isinstance(exc, SpecError):
         table = Table(title=f"invalid spec: {exc.file}", title_justify="left")

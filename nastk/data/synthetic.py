@@ -33,7 +33,7 @@ __all__ = ["LABEL_NAMES", "threshold_baseline", "threshold_baseline_dice", "writ
 LABEL_NAMES = ("background", "organ", "lesion", "vessel", "duct", "nerve")
 _BASE_SPACING = (0.8, 0.8, 1.5)  # mm, (x, y, z) of the voxel axes
 # Mean intensities before the per-case scale (arbitrary units; noise std ~0.05, bias field ~+-15%).
-_TISSUE, _FAT, _ORGAN, _LESION, _TUBE = 0.30, 0.74, 0.55, 0.68, 0.78
+_TISSUE, _FAT, _ORGAN, _LESION, _TUBE = 0.30, 0.74, 0.55, 0.70, 0.78
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -179,16 +179,17 @@ def _make_case(seed: int, case_id: int, size: int, classes: int):
 
     # Lesion (class 2): a smaller rotated ellipsoid strictly inside the organ (one voxel of organ around it).
     if classes >= 3:
-        lesion_semi = organ_semi * rng.uniform(0.38, 0.55, 3)
+        lesion_semi = organ_semi * rng.uniform(0.42, 0.6, 3)
         offset = rng.standard_normal(3)
         offset *= rng.uniform(0.0, 1.0) ** (1 / 3) / np.linalg.norm(offset)
         lesion_c = organ_c + organ_rot @ (offset * (organ_semi - lesion_semi.max()) * 0.85)
-        lesion = (_ellipsoid_q(grid, lesion_c, lesion_semi, _rotation(rng)) < 1.0) & _erode(organ)
-        lesion_q = _ellipsoid_q(grid, lesion_c, lesion_semi * 1.35, None)
+        lesion_rot = _rotation(rng)
+        lesion = (_ellipsoid_q(grid, lesion_c, lesion_semi, lesion_rot) < 1.0) & _erode(organ)
+        halo = organ & ~lesion & (_ellipsoid_q(grid, lesion_c, lesion_semi * 1.35, lesion_rot) < 1.0)
         clean[lesion] = organ_int + (_LESION - _ORGAN) * rng.uniform(0.85, 1.2)
         clean[lesion] += 0.03 * _smooth_noise(rng, shape, 1)[lesion]
         # a faint darker halo (oedema) around the lesion, inside the organ only
-        clean[organ & ~lesion & (lesion_q < 1.0)] -= 0.04
+        clean[halo] -= 0.04
         label[lesion] = 2
 
     # Distractors: organ- and lesion-like blobs in the body, never touching the organ.
@@ -220,7 +221,7 @@ def _make_case(seed: int, case_id: int, size: int, classes: int):
             rng.uniform(0.0, 0.06) * np.linalg.norm(p1 - p0) * np.sin(2 * np.pi * 2 * t + rng.uniform(0, 6.3))
         )
         points = p0 + t * (p1 - p0) + (bend * np.sin(np.pi * t) + wiggle) * normal
-        radius = max(rng.uniform(0.07, 0.1) * r_in, 0.9 * float(spacing.max()))
+        radius = max(rng.uniform(0.1, 0.14) * r_in, 0.9 * float(spacing.max()))
         tube = (_tube_distance(grid, points) < radius) & inner & (label == 0)
         clean[tube] = _TUBE * rng.uniform(0.93, 1.07) + 0.03 * _smooth_noise(rng, shape, 1)[tube]
         label[tube] = cls

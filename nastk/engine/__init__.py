@@ -1,1 +1,1 @@
-"""Training loops: search (weights + architecture) and retrain (a discrete network), resumable and DDP-ready."""
+"""Training loops: search and retrain, resumable and DDP-ready."""

@@ -40,7 +40,9 @@ def make_scaler(device: torch.device, amp: str):
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
-def batch_generator(seed: int, rank: int, iteration: int, stream: int, device: torch.device) -> torch.Generator:
+def batch_generator(
+    seed: int, rank: int, iteration: int, stream: int, device: torch.device
+) -> torch.Generator:
     """Augmentation randomness as a function of (seed, rank, iteration, stream): resumes exactly."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + iteration) * 7 + stream)
@@ -117,7 +119,10 @@ class Reporter:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
             )
             self.bar.start()
@@ -127,12 +132,18 @@ class Reporter:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.update(self.task, completed=iteration + 1, description=f"{self.title} [{phase}]", info=info)
+            self.bar.update(
+                self.task, completed=iteration + 1, description=f"{self.title} [{phase}]", info=info
+            )
         elif line:
             done = iteration + 1 - self.start
             rate = done / max(time.monotonic() - self.started, 1e-9)
             eta = (self.total - iteration - 1) / max(rate, 1e-9)
-            print(f"{self.title} {iteration + 1}/{self.total} [{phase}] {info} eta {eta:.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"{self.title} {iteration + 1}/{self.total} [{phase}] {info} eta {eta:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

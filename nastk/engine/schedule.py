@@ -11,7 +11,9 @@ from __future__ import annotations
 import bisect
 
 
-def lr_at(iteration: int, warmup: int, lr_start: float, lr: float, milestones: list[int], gamma: float) -> float:
+def lr_at(
+    iteration: int, warmup: int, lr_start: float, lr: float, milestones: list[int], gamma: float
+) -> float:
     if iteration < warmup:
         return lr_start + (lr - lr_start) * iteration / warmup
     after = iteration - warmup

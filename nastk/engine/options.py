@@ -1,0 +1,19 @@
+"""Run-time options of a training command (not part of the spec: they do not change the result's meaning)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path
+    resume: bool = False
+    quiet: bool = False
+    device: str | None = None  # "cpu" | "cuda" | None (whatever is available)
+    amp: str = "off"  # "off" | "bf16" | "fp16"
+    channels_last: bool = False
+    checkpoint_cells: bool = False
+    deterministic: bool = False
+    workers: int | None = None  # data-loader workers (default: dataset.num_workers)
