@@ -261,6 +261,49 @@ def search(
     run_search(resolved, opts)
 
 
+@app.command()
+def retrain(
+    spec: Annotated[Path, typer.Argument(help="Spec YAML file.")],
+    arch: Annotated[Path, typer.Option(help="arch.json to train (e.g. RUN/arch.json).")],
+    fold: Annotated[str, typer.Option(help="Fold index K, or 'all'.")] = "0",
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default: arch.json's folder).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN/retrain/fold_K/checkpoint.pt.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")] = False,
+    device: DeviceOption = None,
+    amp: AmpOption = "off",
+    channels_last: Annotated[bool, typer.Option(help="channels_last_3d memory format.")] = False,
+    deterministic: Annotated[
+        bool, typer.Option(help="Deterministic algorithms (same spec, same result).")
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option(help="Data-loader workers (default: dataset.num_workers).")
+    ] = None,
+) -> None:
+    """Retrain the discrete network of an arch.json on one fold or all (Sec. 4.1)."""
+    from nastk.engine.retrain import load_architecture, parse_folds, run_retrain
+    from nastk.spec import load_spec
+
+    if amp not in ("off", "bf16", "fp16"):
+        raise DataError(f"--amp: {amp!r} is not one of off, bf16, fp16")
+    resolved = load_spec(spec)
+    load_architecture(resolved, arch)  # fail before writing anything
+    parse_folds(fold, resolved.dataset.num_folds)
+    opts = _run_options(
+        out_path or arch.parent,
+        resume=resume,
+        quiet=quiet,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        deterministic=deterministic,
+        workers=workers,
+    )
+    for path in run_retrain(resolved, arch, fold, opts):
+        out.print(f"fold done: {path}", highlight=False)
+
+
 def _print_error(exc: NastkError) -> None:
     if isinstance(exc, SpecError):
         table = Table(title=f"invalid spec: {exc.file}", title_justify="left")
