@@ -357,3 +357,40 @@ def test_retrain_killed_and_resumed_is_exact(searched, tmp_path):
     b = torch.load(run / "retrain" / "fold_0" / "model_final.pt", weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_gpu_options_run_on_cpu(tmp_path, synth_root):
+    """--amp bf16, channels_last_3d and cell checkpointing all complete a tiny search."""
+    path, _ = tiny_spec(tmp_path, synth_root, **{"search.joint_iters": 2})
+    res = run_cli(
+        "search",
+        path,
+        "--out",
+        tmp_path / "run",
+        "--quiet",
+        "--amp",
+        "bf16",
+        "--channels-last",
+        "--checkpoint-cells",
+        "--device",
+        "cpu",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "run" / "arch.json").exists()
+    bad = run_cli("search", path, "--out", tmp_path / "run2", "--amp", "fp8")
+    assert bad.returncode == 2 and "--amp" in bad.stderr
+
+
+def test_cell_checkpointing_gives_the_same_gradients(paper_ops):
+    from nastk_dints.space import SPACE
+
+    net = SPACE.build_supernet({"layers": 2, "depths": 2, "filters": 2}, paper_ops, 1, 2, (16, 16, 16))
+    x = torch.randn(1, 1, 16, 16, 16)
+    grads = []
+    for flag in (False, True):
+        net.zero_grad()
+        net.checkpoint_cells = flag
+        net(x).square().mean().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
