@@ -304,6 +304,39 @@ def retrain(
         out.print(f"fold done: {path}", highlight=False)
 
 
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run directory with retrain/fold_K/ models and spec.yaml.")],
+    input_path: Annotated[
+        Path, typer.Option("--input", help="Folder of images, or a dataset.json (its test list).")
+    ],
+    output: Annotated[
+        Path | None, typer.Option(help="Where to write CASE.nii.gz (default RUN/predictions).")
+    ] = None,
+    folds: Annotated[str | None, typer.Option(help="Comma-separated folds (default: all retrained).")] = None,
+    model: Annotated[str, typer.Option(help="Which model of each fold: final or best.")] = "final",
+    spec: Annotated[Path | None, typer.Option(help="Spec (default RUN/spec.yaml).")] = None,
+    resume: Annotated[bool, typer.Option("--continue", help="Skip cases already predicted.")] = False,
+    device: DeviceOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Sliding-window inference with the fold ensemble; NIfTI out in each case's original geometry."""
+    from nastk.inference.predict import run_predict
+    from nastk.spec import load_spec
+
+    if model not in ("final", "best"):
+        raise DataError(f"--model: {model!r} is not final or best")
+    try:
+        fold_list = [int(k) for k in folds.split(",")] if folds else None
+    except ValueError:
+        raise DataError(f"--folds: {folds!r} is not a comma-separated list of fold indices") from None
+    resolved = load_spec(spec or run / "spec.yaml")
+    written = run_predict(
+        resolved, run, input_path, output or run / "predictions", fold_list, model, resume, device, quiet
+    )
+    out.print(f"{len(written)} predictions in {output or run / 'predictions'}", highlight=False)
+
+
 def _print_error(exc: NastkError) -> None:
     if isinstance(exc, SpecError):
         table = Table(title=f"invalid spec: {exc.file}", title_justify="left")

@@ -130,7 +130,9 @@ class InferenceSpec(_Section):
     )
     blend: Literal["gaussian", "constant"] = Field("gaussian")
     ensemble: Literal["vote", "mean"] = Field("vote", description="Fold ensemble (paper: majority voting).")
-    largest_component: bool = Field(True, description="Keep the largest connected component (paper: yes).")
+    largest_component: bool | list[int] = Field(
+        True, description="Keep the largest connected component: all classes (paper: yes), none, or a list."
+    )
     flip_tta: bool = Field(False, description="Flip test-time augmentation (paper: no).")
     amp: bool = Field(True, description="Mixed precision on GPU.")
     batch_size: int = Field(4, ge=1, description="Windows per forward pass.")

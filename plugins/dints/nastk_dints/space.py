@@ -255,6 +255,12 @@ class DiNTSSpace:
     def load_arch(self, path) -> Architecture:
         return Architecture.load(path)
 
+    def load_arch_from_text(self, text: str) -> Architecture:
+        """The architecture stored in a retrained model's checkpoint (arch.json text)."""
+        import json
+
+        return Architecture.from_dict(json.loads(text), "<checkpoint>")
+
     def import_arch(self, path, **kwargs: Any) -> Architecture:
         """Convert a MONAI DiNTS / Auto3DSeg architecture file."""
         from nastk_dints.monai_import import import_monai_arch

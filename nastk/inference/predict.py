@@ -1,0 +1,152 @@
+"""``nastk predict``: preprocess each case as in training, sliding-window every fold, ensemble,
+post-process, and write the label map in the case's original geometry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nastk import registry
+from nastk.data.dataset import IMAGE_SUFFIXES, Case, _strip_suffix, read_dataset
+from nastk.data.preprocess import Plan, preprocess, process_case, restore_geometry
+from nastk.engine.checkpoint import load as load_checkpoint
+from nastk.errors import DataError
+from nastk.inference.ensemble import mean_probabilities, vote
+from nastk.inference.postprocess import largest_component
+from nastk.inference.sliding_window import sliding_window_predict
+from nastk.inference.writer import write_label
+from nastk.progress import track
+from nastk.spec import Spec
+
+
+def input_cases(path: Path, num_channels: int) -> list[Case]:
+    """Cases from a dataset.json (its test list) or a folder of images (CASE.nii.gz or CASE_0000.nii.gz)."""
+    if path.name == "dataset.json" or (
+        path.is_dir() and (path / "dataset.json").exists() and not _images_in(path)
+    ):
+        info = read_dataset(path.parent if path.name == "dataset.json" else path)
+        if not info.test:
+            raise DataError(f"{path}: lists no test cases")
+        return info.test
+    if not path.is_dir():
+        raise DataError(f"{path}: not a folder of images or a dataset.json")
+    files = _images_in(path)
+    if not files:
+        raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    cases: dict[str, list[Path]] = {}
+    for f in files:
+        stem = _strip_suffix(f.name)
+        if num_channels > 1 or stem.endswith("_0000"):
+            base, _, channel = stem.rpartition("_")
+            if channel.isdigit() and len(channel) == 4 and base:
+                cases.setdefault(base, []).append(f)
+                continue
+        cases.setdefault(stem, []).append(f)
+    out = []
+    for case_id, paths in sorted(cases.items()):
+        paths = sorted(paths)
+        if len(paths) not in (1, num_channels):
+            raise DataError(f"{path}: case {case_id} has {len(paths)} channel files, expected {num_channels}")
+        out.append(Case(case_id, tuple(paths)))
+    return out
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith("._")
+    )
+
+
+def load_fold_models(run: Path, folds: list[int] | None, which: str, device: torch.device):
+    root = run / "retrain"
+    available = sorted(
+        int(p.name.split("_")[1]) for p in root.glob("fold_*") if (p / f"model_{which}.pt").exists()
+    )
+    if not available:
+        raise DataError(f"{root}: no retrained folds with model_{which}.pt (run `nastk retrain` first)")
+    folds = folds if folds is not None else available
+    missing = [k for k in folds if k not in available]
+    if missing:
+        raise DataError(
+            f"--folds: fold(s) {missing} have no model_{which}.pt in {root} (available: {available})"
+        )
+    models = []
+    for k in folds:
+        state = load_checkpoint(root / f"fold_{k}" / f"model_{which}.pt")
+        space = registry.load("spaces", state["space"])
+        arch = space.load_arch_from_text(state["arch"]) if hasattr(space, "load_arch_from_text") else None
+        if arch is None:
+            raise DataError(f"space {state['space']!r} cannot rebuild a network from a checkpoint")
+        ops = {name: registry.load("ops", name) for name in arch.op_names}
+        net = space.build_network(
+            arch,
+            ops,
+            state["in_channels"],
+            state["num_classes"],
+            filter_multiplier=state["filter_multiplier"],
+        )
+        net.load_state_dict(state["model"])
+        models.append(net.to(device).eval())
+    return folds, models
+
+
+def run_predict(
+    spec: Spec,
+    run: Path,
+    input_path: Path,
+    output: Path,
+    folds: list[int] | None = None,
+    which: str = "final",
+    resume: bool = False,
+    device: str | None = None,
+    quiet: bool = False,
+) -> list[Path]:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    inf = spec.inference
+    cache = preprocess(spec.dataset, seed=spec.seed, quiet=True)
+    plan_data = json.loads((cache.root / "plan.json").read_text())
+    stats = {int(k): v for k, v in plan_data["ct_statistics"].items()}
+    plan: Plan = cache.plan
+    cases = input_cases(Path(input_path), spec.dataset.in_channels)
+    folds, models = load_fold_models(Path(run), folds, which, dev)
+    classes = (
+        list(range(1, spec.dataset.num_classes))
+        if inf.largest_component is True
+        else list(inf.largest_component or [])
+    )
+    written = []
+    for case in track(cases, len(cases), "predict", quiet):
+        target = Path(output) / f"{case.id}.nii.gz"
+        if resume and target.exists():
+            written.append(target)
+            continue
+        image, _, meta = process_case(case, plan, stats, set(range(spec.dataset.num_classes)))
+        volume = torch.from_numpy(image)
+        per_fold = []
+        for net in models:
+            probs = sliding_window_predict(
+                volume,
+                net,
+                tuple(inf.patch_size),
+                tuple(inf.stride),
+                spec.dataset.num_classes,
+                batch_size=inf.batch_size,
+                blend=inf.blend,
+                device=dev,
+                amp=inf.amp and dev.type == "cuda",
+                flip_tta=inf.flip_tta,
+            )
+            per_fold.append(probs.argmax(0) if inf.ensemble == "vote" else probs)
+        labels = (
+            vote(per_fold, spec.dataset.num_classes)
+            if inf.ensemble == "vote"
+            else mean_probabilities(per_fold)
+        )
+        labels = largest_component(labels.cpu().numpy().astype(np.uint8), classes)
+        written.append(write_label(restore_geometry(labels, meta), case.images[0], target))
+    return written
