@@ -337,6 +337,39 @@ def predict(
     out.print(f"{len(written)} predictions in {output or run / 'predictions'}", highlight=False)
 
 
+@app.command()
+def report(
+    runs: Annotated[list[Path] | None, typer.Argument(help="Run directories to evaluate and rank.")] = None,
+    pred: Annotated[Path | None, typer.Option(help="Any folder of predictions (instead of runs).")] = None,
+    ref: Annotated[Path | None, typer.Option(help="Reference labels: a folder or a dataset.json.")] = None,
+    tolerance: Annotated[list[str] | None, typer.Option(help="NSD tolerance CLASS=MM (repeatable).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Report folder.")] = None,
+    reference: Annotated[str | None, typer.Option(help="'paper': add the paper's Table 2 rows.")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="MSD task name for --reference (default: dataset name).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """DSC and NSD per case and class, a Table 2-style leaderboard (CSV + Markdown), figures."""
+    from nastk.report.command import parse_tolerances, run_report
+
+    if reference not in (None, "paper"):
+        raise DataError(f"--reference: {reference!r} is not 'paper'")
+    paths = run_report(
+        list(runs or []),
+        pred,
+        ref,
+        parse_tolerances(tolerance or []),
+        out_dir,
+        reference == "paper",
+        task,
+        quiet,
+    )
+    board = paths["leaderboard_md"].read_text()
+    out.print(board, markup=False, highlight=False)
+    out.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+
+
 def _print_error(exc: NastkError) -> None:
     if isinstance(exc, SpecError):
         table = Table(title=f"invalid spec: {exc.file}", title_justify="left")

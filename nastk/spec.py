@@ -43,6 +43,10 @@ class DatasetSpec(_Section):
         le=1,
         description="Share of patches centred on foreground (the paper does not say; nnU-Net: 1/3).",
     )
+    nsd_tolerance: dict[int, float] = Field(
+        default_factory=dict,
+        description="NSD tolerance in mm per class (MSD challenge values per task); 1.0 mm where not given.",
+    )
     augment: list[dict[str, Any]] = Field(
         default_factory=_paper_augmentation,
         description="Named batch augmentations with params (paper search/Pancreas: rot90_xy, flip; "

@@ -1,0 +1,98 @@
+"""Sliding-window inference, nastk vs MONAI's ``sliding_window_inference``, same network, windows, blending.
+
+    pip install -e .[bench]      # MONAI, for this comparison only
+    python bench/predict.py [--size 128 128 96] [--patch 64] [--stride 32] [--filters 4] [--repeats 3]
+
+The network is the paper's published architecture (specs/archs/dints-cvpr2021.json) at the given width.
+Both sides get a predictor returning softmax probabilities, so the blended outputs are comparable;
+the stride is chosen so MONAI's overlap gives the same windows. Prints seconds per case and the
+largest difference between the two outputs, for constant and Gaussian blending.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from nastk import registry
+from nastk.inference.sliding_window import sliding_window_predict
+
+
+def _median_time(fn, repeats: int) -> tuple[float, torch.Tensor]:
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, nargs=3, default=[128, 128, 96])
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--stride", type=int, default=32)
+    parser.add_argument("--filters", type=float, default=4)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    try:
+        from monai.inferers import sliding_window_inference
+    except ImportError:
+        raise SystemExit("MONAI is needed for this comparison: pip install -e .[bench]") from None
+    device = torch.device(args.device)
+    space = registry.load("spaces", "dints")
+    arch = space.load_arch("specs/archs/dints-cvpr2021.json")
+    ops = {n: registry.load("ops", n) for n in arch.op_names}
+    torch.manual_seed(0)
+    net = space.build_network(arch, ops, 1, 3, filters=args.filters).to(device).eval()
+    volume = torch.randn(1, *args.size, device=device)
+    patch = (args.patch,) * 3
+    overlap = 1 - args.stride / args.patch
+
+    def probs(x):
+        return torch.softmax(net(x), 1)
+
+    table = Table(
+        title=f"sliding window, volume {args.size}, patch {args.patch}^3, stride {args.stride}, "
+        f"{device.type}, paper arch at {args.filters:g} filters"
+    )
+    for col in ("blend", "nastk s/case", "MONAI s/case", "nastk / MONAI", "max |difference|"):
+        table.add_column(col, justify="right" if col != "blend" else "left")
+    for blend in ("constant", "gaussian"):
+        with torch.no_grad():
+            ours_t, ours = _median_time(
+                lambda blend=blend: sliding_window_predict(
+                    volume,
+                    probs,
+                    patch,
+                    (args.stride,) * 3,
+                    3,
+                    batch_size=args.batch,
+                    blend=blend,
+                    predictor_outputs="probabilities",
+                ),
+                args.repeats,
+            )
+            theirs_t, theirs = _median_time(
+                lambda blend=blend: sliding_window_inference(
+                    volume[None], patch, args.batch, probs, overlap=overlap, mode=blend
+                )[0],
+                args.repeats,
+            )
+        diff = float((ours.to(theirs.device) - theirs).abs().max())
+        table.add_row(blend, f"{ours_t:.2f}", f"{theirs_t:.2f}", f"{ours_t / theirs_t:.2f}", f"{diff:.2e}")
+    Console().print(table)
+    print(f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()

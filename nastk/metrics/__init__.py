@@ -1,0 +1,9 @@
+"""Segmentation metrics as the Medical Segmentation Decathlon scored them: DSC and NSD."""
+
+from __future__ import annotations
+
+from nastk.metrics.dice import dice
+from nastk.metrics.evaluate import evaluate_case, evaluate_files
+from nastk.metrics.surface import surface_dice
+
+__all__ = ["dice", "evaluate_case", "evaluate_files", "surface_dice"]

@@ -1,0 +1,43 @@
+"""Reporting for ``nastk report``: leaderboards laid out like Table 2 of the DiNTS paper, the
+paper's own numbers for reference, per-case summaries and figures."""
+
+from __future__ import annotations
+
+from nastk.report.figures import dice_distribution, search_curves
+from nastk.report.leaderboard import (
+    cases_frame,
+    leaderboard,
+    markdown_table,
+    metric_columns,
+    rank_rows,
+    summary,
+    write_report,
+)
+from nastk.report.paper import (
+    MSD_CLASSES,
+    PAPER_TABLE2,
+    SOURCE,
+    TASKS,
+    UnknownTaskError,
+    paper_rows,
+    resolve_task,
+)
+
+__all__ = [
+    "MSD_CLASSES",
+    "PAPER_TABLE2",
+    "SOURCE",
+    "TASKS",
+    "UnknownTaskError",
+    "cases_frame",
+    "dice_distribution",
+    "leaderboard",
+    "markdown_table",
+    "metric_columns",
+    "paper_rows",
+    "rank_rows",
+    "resolve_task",
+    "search_curves",
+    "summary",
+    "write_report",
+]

@@ -1,0 +1,205 @@
+"""``nastk report``: evaluate predictions (DSC, NSD), rank runs, write tables and figures."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nastk import registry
+from nastk.data.dataset import IMAGE_SUFFIXES, _strip_suffix, read_dataset
+from nastk.errors import DataError
+from nastk.io import atomic_write_text
+from nastk.metrics import evaluate_files
+from nastk.progress import track
+from nastk.report.figures import dice_distribution, search_curves
+from nastk.report.leaderboard import cases_frame, write_report
+from nastk.spec import Spec, load_spec
+
+DEFAULT_TOLERANCE_MM = 1.0
+
+
+def parse_tolerances(items: list[str]) -> dict[int, float]:
+    out = {}
+    for item in items:
+        try:
+            cls, mm = item.split("=")
+            out[int(cls)] = float(mm)
+        except ValueError:
+            raise DataError(f"--tolerance: {item!r} is not CLASS=MM, e.g. 1=2.0") from None
+    return out
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {
+        _strip_suffix(p.name): p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith("._")
+    }
+
+
+def references(ref: Path) -> tuple[dict[str, Path], dict[int, str]]:
+    """Reference label files by case id: a folder of labels, or a dataset.json (labelsTr, and labelsTs
+    when present) with its declared labels."""
+    if ref.name == "dataset.json" or (ref / "dataset.json").is_file():
+        info = read_dataset(ref.parent if ref.name == "dataset.json" else ref)
+        refs = {c.id: c.label for c in info.training}
+        if (info.root / "labelsTs").is_dir():
+            refs.update(_files(info.root / "labelsTs"))
+        return refs, info.labels
+    if not ref.is_dir():
+        raise DataError(f"{ref}: not a folder of labels or a dataset.json")
+    return _files(ref), {}
+
+
+def evaluate_folder(
+    pred: Path, ref: Path, classes: list[int], tolerances: dict[int, float], quiet: bool
+) -> pd.DataFrame:
+    if not pred.is_dir():
+        raise DataError(f"{pred}: predictions folder not found")
+    preds = _files(pred)
+    if not preds:
+        raise DataError(f"{pred}: no predictions")
+    refs, _ = references(ref)
+    missing = sorted(set(preds) - set(refs))
+    if missing:
+        raise DataError(f"case {missing[0]!r}: no reference label in {ref} ({len(missing)} case(s) missing)")
+    rows = []
+    tol = {c: tolerances.get(c, DEFAULT_TOLERANCE_MM) for c in classes}
+    for case_id in track(sorted(preds), len(preds), "evaluate", quiet):
+        rows += evaluate_files(preds[case_id], refs[case_id], classes, tol, case_id)
+    return cases_frame(rows)
+
+
+def _spec_of(run: Path) -> Spec:
+    path = run / "spec.yaml"
+    if not path.is_file():
+        raise DataError(f"{run}: not a run directory (no spec.yaml)")
+    return load_spec(path)
+
+
+def architecture_row(run: Path, spec: Spec) -> dict:
+    """Table 1 for a run: FLOPs, parameters, estimated and measured retraining memory, CV Dice."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    row: dict = {"run": run.name}
+    space = registry.load("spaces", spec.space.name)
+    arch_file = run / "arch.json"
+    if arch_file.is_file():
+        arch = space.load_arch(arch_file)
+        ops = {n: registry.load("ops", n) for n in arch.op_names}
+        r, d = spec.retrain, spec.dataset
+        with torch.device("meta"):
+            net = space.build_network(
+                arch, ops, d.in_channels, d.num_classes, filter_multiplier=r.filter_multiplier
+            )
+            x = torch.zeros(1, d.in_channels, *r.patch_size)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(x)
+        row["GMACs"] = counter.get_total_flops() / 2e9
+        row["params_M"] = sum(p.numel() for p in net.parameters()) / 1e6
+        if hasattr(space, "estimate_memory"):
+            per_gpu = max(1, spec.search.batch_size * r.batch_multiplier // 8)
+            est = space.estimate_memory(
+                arch,
+                ops,
+                patch_size=r.patch_size,
+                batch_size=per_gpu,
+                filter_multiplier=r.filter_multiplier,
+                in_channels=d.in_channels,
+                num_classes=d.num_classes,
+            )
+            row["est_activation_MB"] = est["total"] / 2**20
+    peaks, dices = [], []
+    for fold in sorted((run / "retrain").glob("fold_*")):
+        log = fold / "log.csv"
+        if log.is_file():
+            with log.open() as fh:
+                vals = [float(x["peak_mem_mb"]) for x in csv.DictReader(fh) if x.get("peak_mem_mb")]
+            peaks += vals
+        val = fold / "val_metrics.csv"
+        if val.is_file():
+            frame = pd.read_csv(val)
+            if len(frame):
+                dices.append(frame.groupby("iteration")["dice"].mean().max())
+    row["measured_peak_MB"] = max(peaks) if peaks else np.nan
+    row["cv_dice"] = float(np.mean(dices)) if dices else np.nan
+    row["folds"] = len(dices)
+    return row
+
+
+def run_report(
+    runs: list[Path],
+    pred: Path | None,
+    ref: Path | None,
+    tolerances: dict[int, float],
+    out: Path | None,
+    reference: bool,
+    task: str | None,
+    quiet: bool = False,
+) -> dict[str, Path]:
+    frames: dict[str, pd.DataFrame] = {}
+    class_names: dict[int, str] = {}
+    arch_rows = []
+    if pred is not None:
+        if runs or ref is None:
+            raise DataError("give either RUN directories, or --pred DIR with --ref DIR|dataset.json")
+        _, names = references(ref)
+        classes = sorted(c for c in names if c > 0) or _classes_in(pred)
+        class_names = names
+        frames[pred.name] = evaluate_folder(pred, ref, classes, tolerances, quiet)
+        out = out or pred.parent / "report"
+        task = task or (
+            read_dataset(ref.parent if ref.name == "dataset.json" else ref).name if names else pred.name
+        )
+    else:
+        if not runs:
+            raise DataError("give RUN directories, or --pred DIR with --ref DIR|dataset.json")
+        for run in runs:
+            spec = _spec_of(run)
+            if not spec.dataset.root:
+                raise DataError(
+                    f"{run / 'spec.yaml'}: dataset.root is not set, so there are no reference labels"
+                )
+            info = read_dataset(spec.dataset.root, spec.dataset.format)
+            class_names = info.labels
+            classes = sorted(c for c in info.labels if c > 0)
+            tol = {**{int(k): v for k, v in spec.dataset.nsd_tolerance.items()}, **tolerances}
+            name = run.name if run.name not in frames else str(run)
+            frames[name] = evaluate_folder(run / "predictions", info.root, classes, tol, quiet)
+            arch_rows.append(architecture_row(run, spec))
+            task = task or info.name
+        out = out or (runs[0] / "report" if len(runs) == 1 else Path("report"))
+    paths = write_report(out, frames, task, class_names, reference=reference)
+    all_cases = (
+        pd.concat([f.assign(method=m) for m, f in frames.items()])
+        if len(frames) > 1
+        else next(iter(frames.values()))
+    )
+    paths["dice_png"] = dice_distribution(all_cases, out / "dice.png", class_names)
+    if arch_rows:
+        table = pd.DataFrame(arch_rows)
+        atomic_write_text(out / "architectures.csv", table.to_csv(index=False, float_format="%.4g"))
+        paths["architectures"] = out / "architectures.csv"
+        for run in runs:
+            log = run / "search" / "log.csv"
+            if log.is_file() and log.stat().st_size:
+                spec = _spec_of(run)
+                sigma = next(
+                    (loss.params.get("sigma") for loss in spec.losses if loss.name == "memory"), None
+                )
+                name = "search_curves.png" if len(runs) == 1 else f"search_curves_{run.name}.png"
+                paths[name] = search_curves(log, out / name, sigma=sigma)
+    return paths
+
+
+def _classes_in(folder: Path) -> list[int]:
+    import SimpleITK as sitk
+
+    values: set[int] = set()
+    for path in _files(folder).values():
+        values |= {int(v) for v in np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(str(path))))}
+    return sorted(values - {0})
