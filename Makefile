@@ -1,4 +1,4 @@
-# Two commands for a fresh machine: `make test` (CI runs exactly this) and, later, `make quickstart`.
+# Two commands for a fresh machine: `make quickstart` (the whole pipeline) and `make test` (CI runs this).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,8 +11,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: install test lint bench
+.PHONY: install test lint bench quickstart
 install: $(VENV)/.installed
+
+quickstart: $(VENV)/.installed
+	$(BIN)/nastk quickstart
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

@@ -370,6 +370,20 @@ def report(
     out.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
 
 
+@app.command()
+def quickstart(
+    spec: Annotated[Path, typer.Option(help="Tiny CPU spec.")] = Path("specs/quickstart.yaml"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where everything goes.")] = Path("nastk-quickstart"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Less progress output.")] = False,
+) -> None:
+    """Synthetic task -> search -> decode -> retrain 2 folds -> predict -> report, in minutes on a CPU."""
+    from nastk.quickstart import run_quickstart
+
+    run_quickstart(
+        spec, out_dir, quiet=quiet, echo=lambda text: out.print(text, markup=False, highlight=False)
+    )
+
+
 def _print_error(exc: NastkError) -> None:
     if isinstance(exc, SpecError):
         table = Table(title=f"invalid spec: {exc.file}", title_justify="left")

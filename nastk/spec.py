@@ -144,6 +144,9 @@ class InferenceSpec(_Section):
 
 class Spec(_Section):
     name: str | None = Field(None, description="Run name; defaults to the file name.")
+    synth: dict[str, Any] | None = Field(
+        None, description="Quickstart only: arguments of the synthetic task (cases, size, classes, seed)."
+    )
     seed: int = Field(0, description="Seeds python, numpy and torch.")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     space: SpaceSpec = Field(default_factory=SpaceSpec)
