@@ -72,8 +72,6 @@ def run_quickstart(spec_path: Path, out: Path, quiet: bool = False, echo=print) 
     echo(paths["leaderboard_md"].read_text())
     baseline = threshold_baseline(data)
     minutes = (time.monotonic() - t0) / 60
-    echo(
-        f"threshold baseline (best global intensity interval, an oracle): mean Dice {baseline['mean']:.3f}"
-    )
+    echo(f"threshold baseline (best global intensity interval, an oracle): mean Dice {baseline['mean']:.3f}")
     echo(f"quickstart finished in {minutes:.1f} min; everything is in {out}")
     return {"report": paths, "baseline": baseline, "minutes": minutes}

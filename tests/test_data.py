@@ -243,3 +243,23 @@ def test_preprocess_cli_runs_and_is_idempotent(tmp_path, msd):
     assert "4 cases preprocessed" in first.stdout
     second = run_cli("preprocess", spec)
     assert second.returncode == 0 and "preprocess:" not in second.stderr  # nothing left to do
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd", ".nii"])
+def test_other_image_formats(tmp_path, suffix):
+    """The same case written as .mha / .nrrd / .nii reads to the same voxels and geometry."""
+    import SimpleITK as sitk
+
+    from nastk.data.imageio import read_image, read_label
+
+    root = write_msd(tmp_path / "src", cases=1)
+    src = sitk.ReadImage(str(root / "imagesTr" / "case_000.nii.gz"))
+    lab = sitk.ReadImage(str(root / "labelsTr" / "case_000.nii.gz"))
+    img_path, lab_path = tmp_path / f"img{suffix}", tmp_path / f"lab{suffix}"
+    sitk.WriteImage(src, str(img_path))
+    sitk.WriteImage(lab, str(lab_path))
+    (image,) = read_image((img_path,), "case x")
+    assert Geometry.of(image).matches(Geometry.of(src)) is None
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(src))
+    label = read_label(lab_path, Geometry.of(image), {0, 1, 2}, "case x")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(label), sitk.GetArrayFromImage(lab))

@@ -62,6 +62,42 @@ def _images_in(folder: Path) -> list[Path]:
     )
 
 
+class _CaseBars:
+    """A bar over the cases and, on a terminal, one over each case's windows; plain lines otherwise."""
+
+    def __init__(self, total: int, quiet: bool):
+        import sys
+
+        self.total, self.quiet = total, quiet
+        self.rich = not quiet and sys.stderr.isatty()
+        self.progress = None
+
+    def cases(self, cases):
+        if not self.rich:
+            yield from track(cases, self.total, "predict", self.quiet)
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+        ) as p:
+            self.progress = p
+            overall = p.add_task("cases", total=self.total)
+            for case in cases:
+                yield case
+                p.advance(overall)
+
+    def windows(self, case_id: str):
+        if self.progress is None:
+            return None
+        task = self.progress.add_task(f"  {case_id}", total=None)
+
+        def update(done: int, total: int) -> None:
+            self.progress.update(task, completed=done, total=total, visible=done < total)
+
+        return update
+
+
 def load_fold_models(run: Path, folds: list[int] | None, which: str, device: torch.device):
     root = run / "retrain"
     available = sorted(
@@ -120,7 +156,8 @@ def run_predict(
         else list(inf.largest_component or [])
     )
     written = []
-    for case in track(cases, len(cases), "predict", quiet):
+    bar = _CaseBars(len(cases), quiet)
+    for case in bar.cases(cases):
         target = Path(output) / f"{case.id}.nii.gz"
         if resume and target.exists():
             written.append(target)
@@ -140,6 +177,7 @@ def run_predict(
                 device=dev,
                 amp=inf.amp and dev.type == "cuda",
                 flip_tta=inf.flip_tta,
+                progress=bar.windows(case.id),
             )
             per_fold.append(probs.argmax(0) if inf.ensemble == "vote" else probs)
         labels = (

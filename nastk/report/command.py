@@ -185,6 +185,13 @@ def run_report(
         atomic_write_text(out / "architectures.csv", table.to_csv(index=False, float_format="%.4g"))
         paths["architectures"] = out / "architectures.csv"
         for run in runs:
+            arch_file = run / "arch.json"
+            space = registry.load("spaces", _spec_of(run).space.name)
+            if arch_file.is_file() and hasattr(space, "load_arch"):
+                arch = space.load_arch(arch_file)
+                if hasattr(arch, "draw"):
+                    name = "arch.png" if len(runs) == 1 else f"arch_{run.name}.png"
+                    paths[name] = arch.draw(out / name)
             log = run / "search" / "log.csv"
             if log.is_file() and log.stat().st_size:
                 spec = _spec_of(run)
