@@ -40,11 +40,15 @@ def validate(spec: Annotated[Path, typer.Argument(help="Spec YAML file.")]) -> N
 
 
 @app.command("spec-schema")
-def spec_schema() -> None:
-    """Print the JSON Schema of spec files."""
-    from nastk.spec import json_schema
+def spec_schema(
+    markdown: Annotated[
+        bool, typer.Option(help="A Markdown field reference instead of JSON Schema.")
+    ] = False,
+) -> None:
+    """Print the JSON Schema of spec files (or, with --markdown, the field reference)."""
+    from nastk.spec import json_schema, markdown_reference
 
-    print(json.dumps(json_schema(), indent=2))
+    print(markdown_reference() if markdown else json.dumps(json_schema(), indent=2))
 
 
 @app.command()

@@ -155,7 +155,11 @@ class Spec(_Section):
         min_length=1,
         description="Registered cell ops (nastk.ops); paper: the five of Sec. 3.2.",
     )
-    losses: list[LossSpec] = Field(default_factory=_paper_losses)
+    losses: list[LossSpec] = Field(
+        default_factory=_paper_losses,
+        description="Registered losses with weight and params: one segmentation loss and the architecture "
+        "regularisers of Eq. 11 (lambda = 0.001 for the topology loss, sigma = 0.8 for memory).",
+    )
     discretizer: DiscretizerSpec = Field(default_factory=DiscretizerSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
@@ -303,3 +307,55 @@ def dump_spec(spec: Spec) -> str:
 
 def json_schema() -> dict[str, Any]:
     return Spec.model_json_schema()
+
+
+def markdown_reference() -> str:
+    """A Markdown reference of every spec field (type, default, description), from the models."""
+
+    def type_name(annotation: Any) -> str:
+        text = str(annotation).replace("typing.", "")
+        if isinstance(annotation, type):
+            text = annotation.__name__
+        return text.replace("NoneType", "None")
+
+    lines = [
+        "# Spec reference",
+        "",
+        "Generated from the models in `nastk/spec.py` by `nastk spec-schema --markdown`; do not edit.",
+        "Defaults are the DiNTS paper's values (Sec. 4.1) unless the description says otherwise.",
+        "",
+    ]
+
+    def section(model: type[BaseModel], prefix: str) -> None:
+        rows, nested = [], []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if sub is not None:
+                nested.append((sub, f"{prefix}{name}."))
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                default = default.model_dump(mode="json")
+            if isinstance(default, list):
+                default = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in default]
+            shown = json.dumps(default, default=str).replace("|", "\\|")
+            desc = (field.description or "").replace("|", "\\|")
+            kind = type_name(ann).replace("nastk.spec.", "").replace("|", "\\|")
+            rows.append(f"| `{prefix}{name}` | `{kind}` | `{shown}` | {desc} |")
+        if rows:
+            lines.extend(
+                [
+                    f"## `{prefix.rstrip('.') or 'top level'}`",
+                    "",
+                    "| field | type | default | meaning |",
+                    "|---|---|---|---|",
+                    *rows,
+                    "",
+                ]
+            )
+        for sub, sub_prefix in nested:
+            section(sub, sub_prefix)
+
+    section(Spec, "")
+    return "\n".join(lines)

@@ -122,3 +122,15 @@ def test_bad_loss_spec(what, data, field):
     with pytest.raises(SpecError) as exc:
         validate(data, "losses.yaml")
     assert field in [f for f, _ in exc.value.problems], exc.value.problems
+
+
+def test_spec_reference_doc_is_up_to_date():
+    """docs/spec-reference.md is generated from the models; regenerate it when a field changes."""
+    from pathlib import Path
+
+    from nastk.spec import markdown_reference
+
+    doc = Path(__file__).parents[1] / "docs" / "spec-reference.md"
+    assert doc.read_text().strip() == markdown_reference().strip(), (
+        "run: nastk spec-schema --markdown > docs/spec-reference.md"
+    )
