@@ -1,0 +1,270 @@
+"""nastk vs MONAI's DiNTS, measured side by side on this machine: one table of ours, MONAI, ratio.
+
+    pip install -e .[bench]
+    python -m bench            # or: python bench/run.py [--quick]
+
+Both sides are configured for the same work (L, D, filters, patch, batch, op set; MONAI's
+``channel_mul`` matches our filter counts). Peak memory is measured in a fresh subprocess per side.
+Where the two differ in a detail, the table's notes say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+L, D, N_OPS = 12, 4, 5
+
+
+def _median(fn, repeats: int) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def _monai_space(channel_mul: float = 0.5, blocks: int = L):
+    from monai.networks.nets.dints import TopologySearch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return TopologySearch(channel_mul=channel_mul, num_blocks=blocks, num_depths=D, use_downsample=True)
+
+
+# --------------------------------------------------------------------------------------------- decode
+
+
+def bench_decode(repeats: int) -> dict:
+    from nastk_dints import decode
+    from nastk_dints.discretize import pattern_costs
+
+    rng = np.random.default_rng(0)
+    edge = rng.normal(size=(L, 3 * D - 2)).astype(np.float32)
+    ops = rng.normal(1, 0.5, size=(L, 3 * D - 2, N_OPS)).astype(np.float32)
+    space = _monai_space(channel_mul=0.125, blocks=L)
+    with torch.no_grad():
+        space.log_alpha_a.copy_(torch.from_numpy(edge))
+        space.log_alpha_c.copy_(torch.from_numpy(ops))
+    ours_t = _median(lambda: decode(edge, ops), repeats)
+    t0 = time.perf_counter()
+    _, code_a, code_c, _ = space.decode()
+    monai_t = time.perf_counter() - t0
+    arch = decode(edge, ops)
+    cost = pattern_costs(edge, D)
+    monai_idx = ((code_a.astype(np.int64) << np.arange(code_a.shape[1])).sum(1)) - 1
+    monai_cost = float(cost[np.arange(L), monai_idx].sum())
+    same_path = bool((arch.edge_mask == code_a.astype(bool)).all())
+    same_ops = bool((arch.op_index[arch.edge_mask] == code_c[arch.edge_mask]).all())
+    return {
+        "what": "decode (L=12, D=4, random logits)",
+        "ours_s": ours_t,
+        "monai_s": monai_t,
+        "check": f"path cost ours {arch.path_cost:.6f} vs MONAI's path {monai_cost:.6f}; "
+        f"same path {same_path}; same ops {same_ops}",
+    }
+
+
+# --------------------------------------------------------------------------------------------- topology loss
+
+
+def bench_topology(repeats: int) -> dict:
+    from nastk_dints.losses import topology_value
+    from nastk_dints.topology import topology
+
+    space = _monai_space(channel_mul=0.125)
+    topo = topology(D)
+    logits = space.log_alpha_a
+
+    def ours():
+        v = topology_value(logits, topo)
+        v.backward()
+        return v
+
+    def theirs():
+        probs, _ = space.get_prob_a(child=True)
+        v = space.get_topology_entropy(probs)
+        v.backward()
+        return v
+
+    ours_t, monai_t = _median(ours, repeats), _median(theirs, max(3, repeats // 10))
+    ours_v, monai_v = float(ours().detach()), float(theirs().detach())
+    return {
+        "what": "topology loss, forward + backward (L=12, D=4)",
+        "ours_s": ours_t,
+        "monai_s": monai_t,
+        "check": f"value ours {ours_v:.6f}, MONAI {monai_v:.6f} (MONAI adds 1e-5 inside both logs; "
+        f"relative difference {abs(ours_v - monai_v) / abs(monai_v):.1e})",
+    }
+
+
+# --------------------------------------------------------------------------------------------- search step
+
+
+STEP_SCRIPT = r"""
+import json, resource, sys, time, warnings
+import torch, torch.nn.functional as F
+side, steps = sys.argv[1], int(sys.argv[2])
+torch.manual_seed(0)
+patch, filters = 32, 8
+x = torch.randn(1, 1, patch, patch, patch)
+y = torch.randint(0, 3, (1, patch, patch, patch))
+if side == "ours":
+    from nastk import registry
+    from nastk.objective import arch_objective, build_losses
+    from nastk.spec import Spec
+    spec = Spec()
+    ops = {n: registry.load("ops", n) for n in spec.ops}
+    params = {"layers": 12, "depths": 4, "filters": filters}
+    net = registry.load("spaces", "dints").build_supernet(params, ops, 1, 3, (patch,) * 3)
+    seg, arch_losses = build_losses(spec.losses)
+    opt_w = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=4e-5)
+    opt_a = torch.optim.Adam(net.arch_parameters(), lr=0.008)
+    net.memory_costs()
+    def step():
+        opt_w.zero_grad(); seg.fn(net(x), y).backward(); opt_w.step()
+        opt_a.zero_grad()
+        terms = [(a.weight, a.fn(net)) for a in arch_losses]
+        arch_objective(seg.fn(net(x), y), terms, 1, 2).backward(); opt_a.step()
+else:
+    from monai.losses import DiceCELoss
+    from monai.networks.nets.dints import DiNTS, TopologySearch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        space = TopologySearch(channel_mul=filters / 32, num_blocks=12, num_depths=4, use_downsample=True)
+        net = DiNTS(space, in_channels=1, num_classes=3, use_downsample=True)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    arch_names = {"dints_space.log_alpha_a", "dints_space.log_alpha_c"}
+    weights = [p for n, p in net.named_parameters() if n not in arch_names]
+    opt_w = torch.optim.SGD(weights, lr=0.1, momentum=0.9, weight_decay=4e-5)
+    opt_a = torch.optim.Adam([space.log_alpha_a, space.log_alpha_c], lr=0.008)
+    yy = y[:, None]
+    def step():
+        opt_w.zero_grad(); loss_fn(net(x), yy).backward(); opt_w.step()
+        opt_a.zero_grad()
+        probs_a, _ = space.get_prob_a(child=True)
+        ent_a = -(probs_a * torch.log(probs_a + 1e-5)).mean()
+        ent_c = -(F.softmax(space.log_alpha_c, -1) * F.log_softmax(space.log_alpha_c, -1)).mean()
+        tp = space.get_topology_entropy(probs_a)
+        full = space.get_ram_cost_usage(x.shape, full=True)
+        usage = space.get_ram_cost_usage(x.shape)
+        loss = loss_fn(net(x), yy) + 0.5 * (ent_a + ent_c + torch.abs(0.8 - usage / full) + 0.001 * tp)
+        loss.backward(); opt_a.step()
+step()
+ts = []
+for _ in range(steps):
+    t0 = time.perf_counter(); step(); ts.append(time.perf_counter() - t0)
+ts.sort()
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"time": ts[len(ts) // 2], "rss_mb": rss}))
+"""
+
+
+def bench_search_step(steps: int) -> list[dict]:
+    res = {}
+    for side in ("ours", "monai"):
+        out = subprocess.run(
+            [sys.executable, "-c", STEP_SCRIPT, side, str(steps)], capture_output=True, text=True
+        )
+        if out.returncode:
+            raise RuntimeError(out.stderr[-2000:])
+        res[side] = json.loads(out.stdout.strip().splitlines()[-1])
+    note = "L=12, D=4, 8 stem filters, 32^3, batch 1, CPU; weight step + arch step, both optimisers"
+    return [
+        {
+            "what": "search step time",
+            "ours_s": res["ours"]["time"],
+            "monai_s": res["monai"]["time"],
+            "check": note,
+        },
+        {
+            "what": "search step peak RSS (MB)",
+            "ours_s": res["ours"]["rss_mb"],
+            "monai_s": res["monai"]["rss_mb"],
+            "check": "fresh process per side; includes the Python/torch baseline",
+            "unit": "MB",
+        },
+    ]
+
+
+# ------------------------------------------------------------------------------------ memory estimate
+
+
+def bench_memory(count: int, patch: int, filters: int) -> dict:
+    from scipy.stats import spearmanr
+
+    from nastk import registry
+    from nastk_dints import decode
+    from nastk_dints.memory import saved_bytes
+    from nastk_dints.space import SPACE, estimate_training_memory
+
+    ops = {n: registry.load("ops", n) for n in ["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"]}
+    rng = np.random.default_rng(0)
+    est, true = [], []
+    for _ in range(count):
+        arch = decode(rng.normal(size=(L, 3 * D - 2)) * 2, rng.normal(size=(L, 3 * D - 2, N_OPS)))
+        net = SPACE.build_network(arch, ops, 1, 3, filters=filters)
+        est.append(
+            estimate_training_memory(arch, ops, (patch,) * 3, 1, filters=filters, num_classes=3)["total"]
+        )
+        true.append(saved_bytes(net, (1, 1, patch, patch, patch)))
+    est, true = np.array(est), np.array(true)
+    ratio = est / true
+    rho = spearmanr(est, true).statistic
+    return {
+        "what": f"memory estimate vs saved bytes ({count} random archs, {patch}^3, {filters} filters)",
+        "ours_s": float(np.abs(ratio - 1).max()),
+        "monai_s": float("nan"),
+        "check": f"ours: max |estimate/measured - 1| = {np.abs(ratio - 1).max():.2e}, Spearman rho {rho:.4f}",
+        "unit": "rel. error",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and archs")
+    args = parser.parse_args()
+    try:
+        import monai  # noqa: F401
+    except ImportError:
+        raise SystemExit("MONAI is needed for the comparison: pip install -e .[bench]") from None
+    from rich.console import Console
+    from rich.table import Table
+
+    torch.manual_seed(0)
+    rows = [bench_decode(50), bench_topology(100 if not args.quick else 20)]
+    rows += bench_search_step(3 if args.quick else 5)
+    rows.append(bench_memory(6 if args.quick else 30, 64, 8))
+    table = Table(title="nastk vs MONAI 1.6 DiNTS, same machine, same run")
+    for col in ("what", "ours", "MONAI", "ours / MONAI", "notes"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        unit = r.get("unit", "s")
+        ratio = r["ours_s"] / r["monai_s"] if r["monai_s"] == r["monai_s"] else float("nan")
+        fmt = (lambda v, unit=unit: f"{v:.3g} {unit}") if unit != "s" else (lambda v: f"{v * 1e3:.3g} ms")
+        table.add_row(
+            r["what"],
+            fmt(r["ours_s"]),
+            fmt(r["monai_s"]) if r["monai_s"] == r["monai_s"] else "-",
+            f"{ratio:.3g}" if ratio == ratio else "-",
+            r["check"],
+        )
+    Console(width=200).print(table)
+    print(
+        f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+
+
+if __name__ == "__main__":
+    main()
