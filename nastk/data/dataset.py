@@ -39,7 +39,7 @@ class DatasetInfo:
         return len(self.modalities)
 
 
-def _strip_suffix(name: str) -> str:
+def strip_suffix(name: str) -> str:
     for suffix in IMAGE_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
@@ -79,12 +79,12 @@ def _read_msd(root: Path, data: dict, file: Path) -> DatasetInfo:
             raise DataError(f"{file}: training[{i}] must have 'image' and 'label'")
         image = resolve_inside(root, item["image"], f"training[{i}].image")
         label = resolve_inside(root, item["label"], f"training[{i}].label")
-        training.append(Case(_strip_suffix(image.name), (image,), label))
+        training.append(Case(strip_suffix(image.name), (image,), label))
     test = []
     for i, item in enumerate(data.get("test", []) or []):
         rel = item["image"] if isinstance(item, dict) else item
         image = resolve_inside(root, rel, f"test[{i}]")
-        test.append(Case(_strip_suffix(image.name), (image,)))
+        test.append(Case(strip_suffix(image.name), (image,)))
     return DatasetInfo(root, "msd", str(data.get("name", root.name)), modalities, labels, training, test)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from nastk import registry
-from nastk.data.dataset import IMAGE_SUFFIXES, Case, _strip_suffix, read_dataset
+from nastk.data.dataset import IMAGE_SUFFIXES, Case, read_dataset, strip_suffix
 from nastk.data.preprocess import Plan, preprocess, process_case, restore_geometry
 from nastk.engine.checkpoint import load as load_checkpoint
 from nastk.errors import DataError
@@ -38,7 +38,7 @@ def input_cases(path: Path, num_channels: int) -> list[Case]:
         raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)})")
     cases: dict[str, list[Path]] = {}
     for f in files:
-        stem = _strip_suffix(f.name)
+        stem = strip_suffix(f.name)
         if num_channels > 1 or stem.endswith("_0000"):
             base, _, channel = stem.rpartition("_")
             if channel.isdigit() and len(channel) == 4 and base:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from nastk import registry
-from nastk.data.dataset import IMAGE_SUFFIXES, _strip_suffix, read_dataset
+from nastk.data.dataset import IMAGE_SUFFIXES, read_dataset, strip_suffix
 from nastk.errors import DataError
 from nastk.io import atomic_write_text
 from nastk.metrics import evaluate_files
@@ -34,7 +34,7 @@ def parse_tolerances(items: list[str]) -> dict[int, float]:
 
 def _files(folder: Path) -> dict[str, Path]:
     return {
-        _strip_suffix(p.name): p
+        strip_suffix(p.name): p
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith("._")
     }
