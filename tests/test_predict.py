@@ -92,5 +92,18 @@ def test_predict_command_end_to_end(retrained):
     again = run_cli("predict", run, "--input", root / "dataset.json", "--continue", "--quiet", "--folds", "1")
     assert again.returncode == 0, again.stderr
     assert (run / "predictions" / "synth_100.nii.gz").stat().st_mtime_ns == stamp  # skipped
+    # the run carries its preprocessing plan: prediction works without the training data
+    assert (run / "plan.json").exists()
+    moved = root.parent / "moved_away"
+    (root / "imagesTr").rename(moved)
+    try:
+        elsewhere = run_cli("predict", run, "--input", root / "imagesTs", "--output", tmp / "p2", "--quiet")
+        assert elsewhere.returncode == 0, elsewhere.stderr
+    finally:
+        moved.rename(root / "imagesTr")
+    for case in ("synth_100", "synth_101"):
+        a = np.asarray(nib.load(run / "predictions" / f"{case}.nii.gz").dataobj)
+        b = np.asarray(nib.load(tmp / "p2" / f"{case}.nii.gz").dataobj)
+        np.testing.assert_array_equal(a, b)
     bad = run_cli("predict", run, "--input", root / "imagesTs", "--folds", "3", "--output", tmp / "x")
     assert bad.returncode == 2 and "--folds" in bad.stderr and not (tmp / "x").exists()

@@ -368,6 +368,21 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
     return Cache(out, plan, ids, info.num_channels, info.labels)
 
 
+def load_plan(plan_file: Path) -> tuple[Plan, dict[int, dict[str, float]]]:
+    """The preprocessing plan and CT statistics saved in a cache (or copied into a run)."""
+    data = json.loads(Path(plan_file).read_text())
+    raw = data["plan"]
+    plan = Plan(
+        dataset=raw["dataset"],
+        spacing=tuple(raw["spacing"]),
+        normalization=tuple(raw["normalization"]),
+        labels=tuple(raw["labels"]),
+        crop_nonzero=raw["crop_nonzero"],
+        version=raw["version"],
+    )
+    return plan, {int(k): v for k, v in data["ct_statistics"].items()}
+
+
 def load_case(
     cache_root: Path, case_id: str, mmap: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:

@@ -150,6 +150,9 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
     batch = per_rank_batch(spec.search.batch_size * r.batch_multiplier, dist.world_size, "retrain batch")
     if dist.is_main:
         cache = preprocess(spec.dataset, seed=spec.seed, quiet=opts.quiet)
+        # predict needs the same preprocessing, even where the training data is not at hand
+        Path(opts.out).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(opts.out) / "plan.json", (cache.root / "plan.json").read_text())
     dd.barrier(dist)
     if not dist.is_main:
         cache = preprocess(spec.dataset, seed=spec.seed, quiet=True)

@@ -3,7 +3,6 @@ post-process, and write the label map in the case's original geometry."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 
 from nastk import registry
 from nastk.data.dataset import IMAGE_SUFFIXES, Case, read_dataset, strip_suffix
-from nastk.data.preprocess import Plan, preprocess, process_case, restore_geometry
+from nastk.data.preprocess import load_plan, preprocess, process_case, restore_geometry
 from nastk.engine.checkpoint import load as load_checkpoint
 from nastk.errors import DataError
 from nastk.inference.ensemble import mean_probabilities, vote
@@ -144,10 +143,11 @@ def run_predict(
 ) -> list[Path]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     inf = spec.inference
-    cache = preprocess(spec.dataset, seed=spec.seed, quiet=True)
-    plan_data = json.loads((cache.root / "plan.json").read_text())
-    stats = {int(k): v for k, v in plan_data["ct_statistics"].items()}
-    plan: Plan = cache.plan
+    if (Path(run) / "plan.json").is_file():  # written by retrain: no training data needed here
+        plan, stats = load_plan(Path(run) / "plan.json")
+    else:
+        cache = preprocess(spec.dataset, seed=spec.seed, quiet=True)
+        plan, stats = load_plan(cache.root / "plan.json")
     cases = input_cases(Path(input_path), spec.dataset.in_channels)
     folds, models = load_fold_models(Path(run), folds, which, dev)
     classes = (
