@@ -4,7 +4,8 @@
     python bench/predict.py [--size 128 128 96] [--patch 64] [--stride 32] [--filters 4] [--repeats 3]
 
 The network is the paper's published architecture (specs/archs/dints-cvpr2021.json) at the given width.
-Both sides get a predictor returning softmax probabilities, so the blended outputs are comparable;
+nastk gets the network (it applies the softmax itself), MONAI a predictor returning softmax
+probabilities, so both do the same work and the blended outputs are comparable;
 the stride is chosen so MONAI's overlap gives the same windows. Prints seconds per case and the
 largest difference between the two outputs, for constant and Gaussian blending.
 """
@@ -71,14 +72,7 @@ def main() -> None:
         with torch.no_grad():
             ours_t, ours = _median_time(
                 lambda blend=blend: sliding_window_predict(
-                    volume,
-                    probs,
-                    patch,
-                    (args.stride,) * 3,
-                    3,
-                    batch_size=args.batch,
-                    blend=blend,
-                    predictor_outputs="probabilities",
+                    volume, net, patch, (args.stride,) * 3, 3, batch_size=args.batch, blend=blend
                 ),
                 args.repeats,
             )

@@ -1,4 +1,5 @@
 import itertools
+import math
 import warnings
 
 import pytest
@@ -69,7 +70,10 @@ def test_other_bad_arguments_raise():
 def test_gaussian_weights_shape_range_and_symmetry():
     w = gaussian_weights((8, 9, 16))
     assert w.shape == (8, 9, 16) and w.dtype == torch.float32
-    assert w.max().item() == pytest.approx(1.0)
+    # odd sizes peak at exactly 1 (the centre voxel), even ones just below (the centre is between voxels)
+    assert w.max().item() == pytest.approx(
+        math.exp(-0.5 * sum((0.5 / (0.125 * p)) ** 2 for p in (8, 16)))
+    )
     assert w.min().item() >= 1e-3 - 1e-9
     for d in range(3):
         torch.testing.assert_close(w, w.flip(d))
@@ -200,6 +204,22 @@ def test_accumulators_fall_back_to_cpu_on_out_of_memory(monkeypatch):
         sliding_window_predict(vol, predictor, (8, 8, 8), (4, 4, 4), 2, device="meta", accumulate_on="meta")
 
 
+@pytest.mark.parametrize("blend", ["constant", "gaussian"])
+@pytest.mark.parametrize("flip_tta", [False, True])
+def test_logits_path_normalises_like_an_explicit_weight_sum(blend, flip_tta):
+    # With logits the weight sum is taken from the softmax accumulator; with probabilities it is
+    # accumulated window by window. Both must give the same blend.
+    net = _conv_net()
+    vol = torch.randn(2, 19, 13, 10)
+    kw = dict(batch_size=3, blend=blend, flip_tta=flip_tta)
+    from_logits = sliding_window_predict(vol, net, (8, 8, 8), (3, 5, 4), 3, **kw)
+    from_probs = sliding_window_predict(
+        vol, lambda x: torch.softmax(net(x), 1), (8, 8, 8), (3, 5, 4), 3, predictor_outputs="probabilities", **kw
+    )
+    torch.testing.assert_close(from_logits, from_probs, atol=1e-6, rtol=0)
+    torch.testing.assert_close(from_logits.sum(0), torch.ones(19, 13, 10), atol=1e-6, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------- MONAI
 
 
@@ -228,13 +248,9 @@ def test_matches_monai_sliding_window_inference(shape):
 
     # Constant blending: identical windows, identical averaging.
     torch.testing.assert_close(ours("constant"), theirs("constant"), atol=1e-6, rtol=0)
-    # Gaussian blending with MONAI given our weight map: identical.
-    torch.testing.assert_close(
-        ours("gaussian"), theirs("gaussian", roi_weight_map=gaussian_weights((8, 8, 8))), atol=1e-6, rtol=0
-    )
-    # Odd patch: MONAI's default gaussian map (peak exactly 1) equals ours.
+    # Gaussian blending: the same importance map as MONAI's, even and odd patches.
+    torch.testing.assert_close(ours("gaussian"), theirs("gaussian"), atol=1e-6, rtol=0)
     odd = (9, 9, 9)
     torch.testing.assert_close(ours("gaussian", odd, (4, 4, 4)), theirs("gaussian", odd), atol=1e-6, rtol=0)
-    # Even patch: MONAI does not rescale its map to max 1 before clamping at 1e-3, so its clamp floor is
-    # 1e-3 / peak relative to ours; only the clamped window corners weigh differently.
-    assert (ours("gaussian") - theirs("gaussian")).abs().max() < 0.05
+    monai_map = pytest.importorskip("monai.data.utils").compute_importance_map((8, 9, 16), "gaussian")
+    torch.testing.assert_close(gaussian_weights((8, 9, 16)), monai_map, atol=1e-7, rtol=0)

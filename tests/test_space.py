@@ -58,6 +58,49 @@ def test_supernet_weights_edges_by_marginals(paper_ops):
     torch.testing.assert_close(y_off, y_zero, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("source,target", [(1, 1), (0, 1), (2, 1)])
+def test_fused_cell_equals_ops_one_by_one(paper_ops, source, target):
+    """One shared ReLU, one stacked first conv and one InstanceNorm give the op-by-op result."""
+    from nastk_dints.space import MixedCell
+
+    cell = MixedCell(source, target, 2, paper_ops)
+    assert cell._fused == [1, 2, 3, 4] and cell._single == [0]  # the four conv ops; skip alone
+    for p in cell.parameters():  # away from the init, so a wrong kernel offset or slice shows
+        torch.nn.init.normal_(p)
+    x = torch.randn(2, 2 * 2 ** (source + 1), *(16 // 2**source,) * 3, requires_grad=True)
+    alpha = torch.randn(5, requires_grad=True)
+    results = []
+    for fuse in (True, False):
+        cell.fuse = fuse
+        y = cell(x, alpha)
+        results.append((y, torch.autograd.grad((y * y.sin()).sum(), [x, alpha, *cell.parameters()])))
+    (y_fused, g_fused), (y_ref, g_ref) = results
+    torch.testing.assert_close(y_fused, y_ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_fused, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+def test_fusion_leaves_other_ops_alone(paper_ops):
+    """Ops that are not ReLU-conv-InstanceNorm (a plugin's, or a conv with bias) run on their own."""
+    from torch import nn
+
+    from nastk_dints.space import MixedCell
+
+    class Doubling(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    ops = dict(paper_ops, double=lambda c: Doubling(), biased=lambda c: nn.Conv3d(c, c, 3, padding=1))
+    cell = MixedCell(1, 1, 2, ops)
+    assert cell._fused == [1, 2, 3, 4] and cell._single == [0, 5, 6]
+    x, alpha = torch.randn(1, 8, 8, 8, 8), torch.randn(7)
+    fused = cell(x, alpha)
+    cell.fuse = False
+    torch.testing.assert_close(fused, cell(x, alpha), rtol=1e-5, atol=1e-5)
+    only_conv = MixedCell(1, 1, 2, {"skip": paper_ops["skip"], "conv3x3x3": paper_ops["conv3x3x3"]})
+    assert only_conv._fused == []  # nothing to share with
+
+
 def _random_arch(depths, layers, seed=0):
     rng = np.random.default_rng(seed)
     return decode(rng.normal(size=(layers, 3 * depths - 2)) * 3, rng.normal(size=(layers, 3 * depths - 2, 5)))

@@ -49,6 +49,16 @@ def wrap(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
+def average_gradients(params: list[torch.nn.Parameter], dist: Dist) -> None:
+    """Mean of each parameter's gradient over ranks, for parameters DDP does not manage."""
+    if not dist.enabled:
+        return
+    for p in params:
+        if p.grad is not None:
+            tdist.all_reduce(p.grad)
+            p.grad /= dist.world_size
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 

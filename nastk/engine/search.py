@@ -4,6 +4,12 @@ Iterations 0 .. warmup-1 and the next ``weight_iters`` train the weights only on
 the last ``joint_iters`` iterations takes one SGD step on the weights with a train1 batch and one
 Adam step on the architecture parameters with a train2 batch, minimising Eq. 11 with t counting
 architecture iterations only.
+
+Each step differentiates only what its optimiser updates: the weight step with the architecture
+parameters frozen, the architecture step with the weights frozen. So the architecture step computes
+no weight gradients (the grad-weight convolutions, about a third of its backward), and the weight
+step keeps no activations that only architecture gradients need. DDP manages the weights; the
+architecture gradients are averaged over ranks explicitly.
 """
 
 from __future__ import annotations
@@ -46,6 +52,11 @@ def phase_of(iteration: int, s) -> str:
     if iteration < s.warmup_iters + s.weight_iters:
         return "weights"
     return "joint"
+
+
+def _requires_grad(params: list[torch.nn.Parameter], flag: bool) -> None:
+    for p in params:
+        p.requires_grad_(flag)
 
 
 def total_iterations(s) -> int:
@@ -161,6 +172,9 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
         scaler_a.load_state_dict(state["scaler_a"])
         ckpt.set_rng_state(state["rng"])
         start = int(state["iteration"])
+    weights = net.weight_parameters()
+    # DDP registers only the parameters that require grad when it wraps the model: the weights.
+    _requires_grad(arch_params, False)
     model = dd.wrap(net, dist)
     total = total_iterations(s)
     joint_start = s.warmup_iters + s.weight_iters
@@ -206,6 +220,8 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
             x1, y1 = to_device(next(it1), dist.device, opts.channels_last)
             x1, y1 = aug(x1, y1, batch_generator(spec.seed, dist.rank, it, 1, dist.device))
             opt_w.zero_grad(set_to_none=True)
+            _requires_grad(weights, True)
+            _requires_grad(arch_params, False)
             with autocast(dist.device, opts.amp):
                 logits = model(x1)
                 l_seg = seg.fn(logits.float(), y1)
@@ -227,8 +243,10 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
                 x2, y2 = to_device(next(it2), dist.device, opts.channels_last)
                 x2, y2 = aug(x2, y2, batch_generator(spec.seed, dist.rank, it, 2, dist.device))
                 opt_a.zero_grad(set_to_none=True)
+                _requires_grad(weights, False)
+                _requires_grad(arch_params, True)
                 with autocast(dist.device, opts.amp):
-                    l_seg2 = seg.fn(model(x2).float(), y2)
+                    l_seg2 = seg.fn(net(x2).float(), y2)  # not through DDP: it manages the weights
                 terms = {a.name: a.fn(net) for a in arch_losses}
                 check_finite({"L_seg (arch)": l_seg2, **terms}, it)
                 t = it - joint_start + 1
@@ -236,6 +254,7 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
                     l_seg2 * seg.weight, [(a.weight, terms[a.name]) for a in arch_losses], t, s.joint_iters
                 )
                 scaler_a.scale(total_arch).backward()
+                dd.average_gradients(arch_params, dist)
                 scaler_a.step(opt_a)
                 scaler_a.update()
 

@@ -64,8 +64,10 @@ def gaussian_weights(
     """Separable Gaussian importance map of shape ``patch``.
 
     Centred on the geometric centre of the patch (``(p - 1) / 2`` per axis, so the map is
-    symmetric under flips), ``sigma = sigma_scale * p`` per axis, normalised to max 1 and clamped
-    below at ``1e-3`` so no voxel of a window ever has zero weight.
+    symmetric under flips), ``sigma = sigma_scale * p`` per axis, ``exp(-d^2 / (2 sigma^2))``
+    unnormalised (its peak is 1 for odd sizes and just under 1 for even ones) and clamped below at
+    ``1e-3`` so no voxel of a window ever has zero weight.  This is the map MONAI's
+    ``sliding_window_inference`` uses, so the two blend identically.
     """
     patch = tuple(int(p) for p in patch)
     if len(patch) != 3 or min(patch) < 1:
@@ -78,7 +80,6 @@ def gaussian_weights(
         sigma = sigma_scale * p
         axes.append(torch.exp(-0.5 * (coords / sigma) ** 2))
     w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    w = w / w.max()
     w = w.clamp_min(1e-3)
     return w.to(device=device, dtype=dtype)
 
@@ -93,16 +94,18 @@ def _triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
 
 
 def _allocate_accumulators(
-    num_classes: int, shape: tuple[int, int, int], device: torch.device, fallback: bool
-) -> tuple[Tensor, Tensor]:
-    try:
-        acc = torch.zeros((num_classes, *shape), dtype=torch.float32, device=device)
-        wsum = torch.zeros(shape, dtype=torch.float32, device=device)
+    num_classes: int, shape: tuple[int, int, int], device: torch.device, fallback: bool, with_wsum: bool
+) -> tuple[Tensor, Tensor | None]:
+    def allocate(on: torch.device) -> tuple[Tensor, Tensor | None]:
+        acc = torch.zeros((num_classes, *shape), dtype=torch.float32, device=on)
+        wsum = torch.zeros(shape, dtype=torch.float32, device=on) if with_wsum else None
         return acc, wsum
+
+    try:
+        return allocate(device)
     except _OOM_ERRORS:
         if not fallback or device.type == "cpu":
             raise
-    acc = wsum = None  # noqa: F841 - drop any partial allocation before retrying
     if device.type == "cuda":
         torch.cuda.empty_cache()
     warnings.warn(
@@ -111,11 +114,7 @@ def _allocate_accumulators(
         RuntimeWarning,
         stacklevel=3,
     )
-    cpu = torch.device("cpu")
-    return (
-        torch.zeros((num_classes, *shape), dtype=torch.float32, device=cpu),
-        torch.zeros(shape, dtype=torch.float32, device=cpu),
-    )
+    return allocate(torch.device("cpu"))
 
 
 @torch.no_grad()
@@ -201,7 +200,10 @@ def sliding_window_predict(
     starts = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
     total = starts.shape[0]
 
-    acc, wsum = _allocate_accumulators(num_classes, shape, acc_device, fallback)
+    # Softmax outputs sum to one over classes, so the blended weight of a voxel is the class sum
+    # of ``acc``: one reduction at the end instead of adding the weight map once per window.
+    weights_from_acc = predictor_outputs == "logits"
+    acc, wsum = _allocate_accumulators(num_classes, shape, acc_device, fallback, not weights_from_acc)
     acc_device = acc.device
     if blend == "gaussian":
         weight = gaussian_weights(patch, sigma_scale, device=acc_device)
@@ -243,11 +245,14 @@ def sliding_window_predict(
             probs = probs.mul_(weight)
         for (i, j, k), p in zip(batch_starts, probs):
             acc[:, i : i + px, j : j + py, k : k + pz] += p
-            wsum[i : i + px, j : j + py, k : k + pz] += weight
+            if wsum is not None:
+                wsum[i : i + px, j : j + py, k : k + pz] += weight
         del probs
         if progress is not None:
             progress(min(lo + batch_size, total), total)
 
+    if wsum is None:
+        wsum = acc.sum(dim=0)
     acc /= wsum  # every voxel is covered by >= 1 window with weight >= 1e-3
     if shape != orig:
         acc = acc[

@@ -28,6 +28,14 @@ class ActConvNorm(nn.Sequential):
         layers.append(nn.InstanceNorm3d(out_channels, affine=True))
         super().__init__(*layers)
 
+    @property
+    def convs(self) -> list[nn.Conv3d]:
+        return [m for m in self if isinstance(m, nn.Conv3d)]
+
+    @property
+    def norm(self) -> nn.InstanceNorm3d:
+        return self[-1]
+
 
 def skip(channels: int) -> nn.Module:
     """Identity (skip connection)."""
