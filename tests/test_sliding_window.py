@@ -71,9 +71,7 @@ def test_gaussian_weights_shape_range_and_symmetry():
     w = gaussian_weights((8, 9, 16))
     assert w.shape == (8, 9, 16) and w.dtype == torch.float32
     # odd sizes peak at exactly 1 (the centre voxel), even ones just below (the centre is between voxels)
-    assert w.max().item() == pytest.approx(
-        math.exp(-0.5 * sum((0.5 / (0.125 * p)) ** 2 for p in (8, 16)))
-    )
+    assert w.max().item() == pytest.approx(math.exp(-0.5 * sum((0.5 / (0.125 * p)) ** 2 for p in (8, 16))))
     assert w.min().item() >= 1e-3 - 1e-9
     for d in range(3):
         torch.testing.assert_close(w, w.flip(d))
@@ -214,7 +212,13 @@ def test_logits_path_normalises_like_an_explicit_weight_sum(blend, flip_tta):
     kw = dict(batch_size=3, blend=blend, flip_tta=flip_tta)
     from_logits = sliding_window_predict(vol, net, (8, 8, 8), (3, 5, 4), 3, **kw)
     from_probs = sliding_window_predict(
-        vol, lambda x: torch.softmax(net(x), 1), (8, 8, 8), (3, 5, 4), 3, predictor_outputs="probabilities", **kw
+        vol,
+        lambda x: torch.softmax(net(x), 1),
+        (8, 8, 8),
+        (3, 5, 4),
+        3,
+        predictor_outputs="probabilities",
+        **kw,
     )
     torch.testing.assert_close(from_logits, from_probs, atol=1e-6, rtol=0)
     torch.testing.assert_close(from_logits.sum(0), torch.ones(19, 13, 10), atol=1e-6, rtol=0)
