@@ -128,11 +128,18 @@ if side == "ours":
     params = {"layers": 12, "depths": 4, "filters": filters}
     net = registry.load("spaces", "dints").build_supernet(params, ops, 1, 3, (patch,) * 3)
     seg, arch_losses = build_losses(spec.losses)
-    opt_w = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=4e-5)
+    from nastk.engine.common import sgd
+    opt_w = sgd(net.weight_parameters(), spec.search.weights)
     opt_a = torch.optim.Adam(net.arch_parameters(), lr=0.008)
     net.memory_costs()
-    def step():
+    weights, arch = net.weight_parameters(), net.arch_parameters()
+    def freeze(params, flag):
+        for p in params: p.requires_grad_(flag)
+    def step():  # as nastk.engine.search does it: each step differentiates only what it updates
+        freeze(weights, True); freeze(arch, False)
         opt_w.zero_grad(); seg.fn(net(x), y).backward(); opt_w.step()
+        opt_w.zero_grad()  # nastk frees the weight gradients before the architecture step
+        freeze(weights, False); freeze(arch, True)
         opt_a.zero_grad()
         terms = [(a.weight, a.fn(net)) for a in arch_losses]
         arch_objective(seg.fn(net(x), y), terms, 1, 2).backward(); opt_a.step()
@@ -149,8 +156,13 @@ else:
     opt_w = torch.optim.SGD(weights, lr=0.1, momentum=0.9, weight_decay=4e-5)
     opt_a = torch.optim.Adam([space.log_alpha_a, space.log_alpha_c], lr=0.008)
     yy = y[:, None]
-    def step():
+    alphas = [space.log_alpha_a, space.log_alpha_c]
+    def freeze(params, flag):
+        for p in params: p.requires_grad_(flag)
+    def step():  # as MONAI's DiNTS tutorial (search_dints.py) does it, without its anomaly detection
+        freeze(weights, True); freeze(alphas, False)
         opt_w.zero_grad(); loss_fn(net(x), yy).backward(); opt_w.step()
+        freeze(weights, False); freeze(alphas, True)
         opt_a.zero_grad()
         probs_a, _ = space.get_prob_a(child=True)
         ent_a = -(probs_a * torch.log(probs_a + 1e-5)).mean()
@@ -179,7 +191,10 @@ def bench_search_step(steps: int) -> list[dict]:
         if out.returncode:
             raise RuntimeError(out.stderr[-2000:])
         res[side] = json.loads(out.stdout.strip().splitlines()[-1])
-    note = "L=12, D=4, 8 stem filters, 32^3, batch 1, CPU; weight step + arch step, both optimisers"
+    note = (
+        "L=12, D=4, 8 stem filters, 32^3, batch 1, CPU; weight step + arch step, both optimisers; "
+        "both sides freeze what a step does not update, as MONAI's tutorial search script does"
+    )
     return [
         {
             "what": "search step time",

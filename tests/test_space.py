@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from nastk_dints import fused
 from nastk_dints.architecture import Architecture
 from nastk_dints.blocks import Stem
 from nastk_dints.discretize import decode
@@ -59,25 +60,45 @@ def test_supernet_weights_edges_by_marginals(paper_ops):
 
 
 @pytest.mark.parametrize("source,target", [(1, 1), (0, 1), (2, 1)])
-def test_fused_cell_equals_ops_one_by_one(paper_ops, source, target):
+@pytest.mark.parametrize("batch", [1, 2])  # batch 1 on CPU takes the oneDNN formulas of nastk_dints.fused
+@pytest.mark.parametrize("frozen", [False, True])  # weights frozen: the architecture step
+def test_fused_cell_equals_ops_one_by_one(paper_ops, monkeypatch, source, target, batch, frozen):
     """One shared ReLU, one stacked first conv and one InstanceNorm give the op-by-op result."""
-    from nastk_dints.space import MixedCell
+    from nastk_dints import space
 
-    cell = MixedCell(source, target, 2, paper_ops)
+    calls = []
+    monkeypatch.setattr(space, "fused_ops", lambda *a: calls.append(1) or fused.fused_ops(*a))
+    cell = space.MixedCell(source, target, 2, paper_ops)
     assert cell._fused == [1, 2, 3, 4] and cell._single == [0]  # the four conv ops; skip alone
     for p in cell.parameters():  # away from the init, so a wrong kernel offset or slice shows
         torch.nn.init.normal_(p)
-    x = torch.randn(2, 2 * 2 ** (source + 1), *(16 // 2**source,) * 3, requires_grad=True)
+        p.requires_grad_(not frozen)
+    x = torch.randn(batch, 2 * 2 ** (source + 1), *(16 // 2**source,) * 3, requires_grad=True)
     alpha = torch.randn(5, requires_grad=True)
+    wrt = [x, alpha] + ([] if frozen else list(cell.parameters()))
     results = []
     for fuse in (True, False):
         cell.fuse = fuse
         y = cell(x, alpha)
-        results.append((y, torch.autograd.grad((y * y.sin()).sum(), [x, alpha, *cell.parameters()])))
+        results.append((y, torch.autograd.grad((y * y.sin()).sum(), wrt)))
+    assert calls == [1]  # the fused path ran (once, with fuse=True)
     (y_fused, g_fused), (y_ref, g_ref) = results
     torch.testing.assert_close(y_fused, y_ref, rtol=1e-5, atol=1e-5)
     for a, b in zip(g_fused, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+def test_coarse_cells_run_op_by_op(paper_ops, monkeypatch):
+    """Where a cell has fewer than 8 voxels per channel, stacking would not pay: no fusion."""
+    from nastk_dints import space
+
+    calls = []
+    monkeypatch.setattr(space, "fused_ops", lambda *a: calls.append(1) or fused.fused_ops(*a))
+    cell = space.MixedCell(2, 2, 2, paper_ops)  # 16 channels
+    cell(torch.randn(1, 16, 5, 5, 5), torch.randn(5))  # 125 voxels < 8 * 16
+    assert calls == []
+    cell(torch.randn(1, 16, 6, 6, 4), torch.randn(5))  # 144 voxels >= 128
+    assert calls == [1]
 
 
 def test_fusion_leaves_other_ops_alone(paper_ops):

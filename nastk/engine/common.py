@@ -40,6 +40,20 @@ def make_scaler(device: torch.device, amp: str):
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
+def sgd(params, cfg) -> torch.optim.SGD:
+    """SGD with the spec's settings, fused where the device supports it.
+
+    The fused kernel updates each parameter in one pass; the default multi-tensor path materialises
+    the weight-decayed gradients, a transient copy as large as all the weights.
+    """
+    params = list(params)
+    kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    try:
+        return torch.optim.SGD(params, fused=True, **kwargs)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.SGD(params, **kwargs)
+
+
 def batch_generator(
     seed: int, rank: int, iteration: int, stream: int, device: torch.device
 ) -> torch.Generator:

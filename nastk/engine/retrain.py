@@ -28,6 +28,7 @@ from nastk.engine.common import (
     hard_dice,
     make_scaler,
     seed_everything,
+    sgd,
     to_device,
 )
 from nastk.engine.options import RunOptions
@@ -166,9 +167,7 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
     net = build_network(spec, space, arch, r.filter_multiplier).to(dist.device)
     if opts.channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
-    opt = torch.optim.SGD(
-        net.parameters(), lr=r.weights.lr, momentum=r.weights.momentum, weight_decay=r.weights.weight_decay
-    )
+    opt = sgd(net.parameters(), r.weights)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(r.warmup_iters, r.weights.lr_start, r.weights.lr, r.milestones, r.weights.gamma)
     )

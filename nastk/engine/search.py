@@ -36,6 +36,7 @@ from nastk.engine.common import (
     hard_dice,
     make_scaler,
     seed_everything,
+    sgd,
     to_device,
 )
 from nastk.engine.options import RunOptions
@@ -142,12 +143,7 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
     if opts.channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
     arch_params = net.arch_parameters()
-    opt_w = torch.optim.SGD(
-        net.weight_parameters(),
-        lr=s.weights.lr,
-        momentum=s.weights.momentum,
-        weight_decay=s.weights.weight_decay,
-    )
+    opt_w = sgd(net.weight_parameters(), s.weights)
     opt_a = torch.optim.Adam(
         arch_params, lr=s.arch.lr, betas=tuple(s.arch.betas), weight_decay=s.arch.weight_decay
     )
@@ -235,6 +231,7 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
             scaler_w.scale(l_seg * seg.weight).backward()
             scaler_w.step(opt_w)
             scaler_w.update()
+            opt_w.zero_grad(set_to_none=True)  # the architecture step runs without them
             lr = opt_w.param_groups[0]["lr"]
             sched.step()
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -20,8 +19,8 @@ from nastk_dints import relaxation as rx
 from nastk_dints.architecture import Architecture
 from nastk_dints.blocks import Head, HeadOut, HeadUp, Stem, depth_channels, resample, scale_channels
 from nastk_dints.discretize import gap
+from nastk_dints.fused import fusable, fused_ops
 from nastk_dints.losses import expected_memory, full_memory
-from nastk_dints.ops import ActConvNorm
 from nastk_dints.topology import edge_list, topology
 
 
@@ -52,12 +51,10 @@ class MixedCell(nn.Module):
     """Resampling then sum_n alpha_n op_n(x) (Sec. 3.3.1).
 
     Ops that are :class:`~nastk_dints.ops.ActConvNorm` (ReLU, convs, InstanceNorm: the four DiNTS
-    conv ops, and any plugin op built the same way) run fused: one shared ReLU, one convolution
-    with all their first kernels zero-padded to 3x3x3 and stacked on the output channels (the
-    padding is not a parameter, so it stays zero), each op's remaining convs on its slice, one
-    InstanceNorm over all stacked channels (it normalises every channel on its own), and one
-    contraction with alpha. The maths equals running the ops one by one (tested); ``fuse = False``
-    does that instead. Other ops (skip, plugin ops) run one by one.
+    conv ops, and any plugin op built the same way) run fused (:mod:`nastk_dints.fused`): one
+    shared ReLU, one convolution for all their first kernels, one InstanceNorm, one contraction
+    with alpha. The maths equals running the ops one by one (tested); ``fuse = False`` does that
+    instead. Other ops (skip, plugin ops) always run one by one.
     """
 
     def __init__(self, source: int, target: int, filters: float, ops: dict[str, CellOp]):
@@ -67,67 +64,23 @@ class MixedCell(nn.Module):
         # keyed by op name so checkpoints survive reordering; plugin names may contain "."
         self.ops = nn.ModuleDict({module_key(name): build(channels) for name, build in ops.items()})
         modules = list(self.ops.values())
-        fusable = [n for n, op in enumerate(modules) if _fusable(op, channels)]
-        self._fused = fusable if len(fusable) > 1 else []
+        stackable = [n for n, op in enumerate(modules) if fusable(op, channels)]
+        self._fused = stackable if len(stackable) > 1 else []
         self._single = [n for n in range(len(modules)) if n not in self._fused]
         self.fuse = True
 
     def forward(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         x = self.resample(x)
         modules = list(self.ops.values())
-        fused = self._fused if self.fuse else []
-        out = _fused_ops([modules[n] for n in fused], x, alpha[fused]) if fused else None
+        # Fusing pays where the convs are bound by their voxels. Where they are bound by their weights
+        # (few voxels, many channels: the coarse depths) the stacked 3x3x3 kernel triples the P3D
+        # ops' first convs for nothing, so those cells run op by op.
+        fused = self._fused if self.fuse and x[0, 0].numel() >= 8 * x.shape[1] else []
+        out = fused_ops([modules[n] for n in fused], x, alpha[fused]) if fused else None
         for n in self._single if fused else range(len(modules)):
             y = modules[n](x) * alpha[n]
             out = y if out is None else out + y
         return out
-
-
-def _fusable(op: nn.Module, channels: int) -> bool:
-    if not isinstance(op, ActConvNorm):
-        return False
-    first, norm = op.convs[0], op.norm
-    return (
-        isinstance(norm, nn.InstanceNorm3d)
-        and norm.affine
-        and not norm.track_running_stats
-        and norm.eps == 1e-5
-        and len(op) == len(op.convs) + 2
-        and isinstance(op[0], nn.ReLU)
-        and first.in_channels == channels
-        and first.out_channels == channels
-        and first.groups == 1
-        and first.bias is None
-        and tuple(first.stride) == (1, 1, 1)
-        and tuple(first.dilation) == (1, 1, 1)
-        and all(k in (1, 3) and p == k // 2 for k, p in zip(first.kernel_size, first.padding))
-    )
-
-
-def _fused_ops(ops: list[ActConvNorm], x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """sum_k alpha_k op_k(x) for fusable ops, with one ReLU, one first conv and one InstanceNorm."""
-    kernels = []
-    for op in ops:
-        w = op.convs[0].weight
-        # (3 - k) // 2 zeros on both sides of every kernel axis of size 1
-        pad = [(3 - k) // 2 for k in reversed(w.shape[2:]) for _ in (0, 1)]
-        kernels.append(F.pad(w, pad) if any(pad) else w)
-    h = F.conv3d(torch.relu(x), torch.cat(kernels), padding=1)
-    chunks = list(h.split([op.convs[0].out_channels for op in ops], dim=1))
-    if any(len(op.convs) > 1 for op in ops):
-        for k, op in enumerate(ops):
-            for conv in op.convs[1:]:
-                chunks[k] = conv(chunks[k])
-        h = torch.cat(chunks, dim=1)
-    norms = [op.norm for op in ops]
-    h = F.instance_norm(
-        h,
-        weight=torch.cat([n.weight for n in norms]),
-        bias=torch.cat([n.bias for n in norms]),
-        eps=1e-5,
-    )
-    b, c = h.shape[0], h.shape[1] // len(ops)
-    return torch.einsum("bnc...,n->bc...", h.view(b, len(ops), c, *h.shape[2:]), alpha.to(h.dtype))
 
 
 class DiscreteCell(nn.Module):
