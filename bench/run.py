@@ -176,24 +176,34 @@ step()
 ts = []
 for _ in range(steps):
     t0 = time.perf_counter(); step(); ts.append(time.perf_counter() - t0)
-ts.sort()
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"time": ts[len(ts) // 2], "rss_mb": rss}))
+print(json.dumps({"times": ts, "rss_mb": rss}))
 """
 
 
-def bench_search_step(steps: int) -> list[dict]:
-    res = {}
-    for side in ("ours", "monai"):
-        out = subprocess.run(
-            [sys.executable, "-c", STEP_SCRIPT, side, str(steps)], capture_output=True, text=True
-        )
-        if out.returncode:
-            raise RuntimeError(out.stderr[-2000:])
-        res[side] = json.loads(out.stdout.strip().splitlines()[-1])
+def bench_search_step(steps: int, rounds: int = 3) -> list[dict]:
+    # Alternate the sides over several fresh processes so that drift in the machine's speed (a
+    # shared VM varies by tens of percent over minutes) hits both alike; report medians.
+    runs: dict[str, list[dict]] = {"ours": [], "monai": []}
+    for _ in range(rounds):
+        for side in runs:
+            out = subprocess.run(
+                [sys.executable, "-c", STEP_SCRIPT, side, str(steps)], capture_output=True, text=True
+            )
+            if out.returncode:
+                raise RuntimeError(out.stderr[-2000:])
+            runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    res = {
+        side: {
+            "time": float(np.median([t for r in rs for t in r["times"]])),
+            "rss_mb": float(np.median([r["rss_mb"] for r in rs])),
+        }
+        for side, rs in runs.items()
+    }
     note = (
         "L=12, D=4, 8 stem filters, 32^3, batch 1, CPU; weight step + arch step, both optimisers; "
-        "both sides freeze what a step does not update, as MONAI's tutorial search script does"
+        f"both sides freeze what a step does not update, as MONAI's tutorial search script does; "
+        f"median of {rounds} alternating fresh processes x {steps} steps"
     )
     return [
         {
@@ -206,7 +216,7 @@ def bench_search_step(steps: int) -> list[dict]:
             "what": "search step peak RSS (MB)",
             "ours_s": res["ours"]["rss_mb"],
             "monai_s": res["monai"]["rss_mb"],
-            "check": "fresh process per side; includes the Python/torch baseline",
+            "check": "median over the fresh processes; includes the Python/torch baseline",
             "unit": "MB",
         },
     ]

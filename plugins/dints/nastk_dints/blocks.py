@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nastk_dints.kernels import InstanceNorm, same_conv3d
+
 
 def depth_channels(filters: float, depth: int) -> int:
     """Channels of search-space depth d (resolution 1/2^(d+1))."""
@@ -38,13 +40,13 @@ class Stem(nn.Module):
         mid, out = scale_channels(filters, depth), scale_channels(filters, depth + 1)
         self.factor = 2**depth
         self.conv = nn.Conv3d(in_channels, mid, 3, padding=1, bias=False)
-        self.norm = nn.InstanceNorm3d(mid, affine=True)
+        self.norm = InstanceNorm(mid)
         self.down = nn.Conv3d(mid, out, 3, stride=2, padding=1, bias=False)
-        self.down_norm = nn.InstanceNorm3d(out, affine=True)
+        self.down_norm = InstanceNorm(out)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = F.avg_pool3d(image, self.factor) if self.factor > 1 else image
-        x = torch.relu(self.norm(self.conv(x)))
+        x = torch.relu(self.norm(same_conv3d(x, self.conv.weight)))
         return self.down_norm(self.down(x))
 
 
@@ -53,7 +55,7 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv_a = nn.Conv3d(in_channels, out_channels // 2, 1, stride=2, bias=False)
         self.conv_b = nn.Conv3d(in_channels, out_channels - out_channels // 2, 1, stride=2, bias=False)
-        self.norm = nn.InstanceNorm3d(out_channels, affine=True)
+        self.norm = InstanceNorm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(x)
@@ -64,7 +66,7 @@ class Upsample(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = nn.Conv3d(in_channels, out_channels, 1, bias=False)
-        self.norm = nn.InstanceNorm3d(out_channels, affine=True)
+        self.norm = InstanceNorm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
@@ -84,10 +86,10 @@ class HeadUp(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.norm = nn.InstanceNorm3d(out_channels, affine=True)
+        self.norm = InstanceNorm(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.conv(torch.relu(x)))
+        x = self.norm(same_conv3d(torch.relu(x), self.conv.weight))
         return F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
 
 
@@ -97,11 +99,11 @@ class HeadOut(nn.Module):
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
         self.conv = nn.Conv3d(channels, channels, 3, padding=1, bias=False)
-        self.norm = nn.InstanceNorm3d(channels, affine=True)
+        self.norm = InstanceNorm(channels)
         self.classifier = nn.Conv3d(channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.norm(self.conv(torch.relu(x))))
+        return self.classifier(self.norm(same_conv3d(torch.relu(x), self.conv.weight)))
 
 
 class Head(nn.Module):

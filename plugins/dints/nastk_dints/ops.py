@@ -8,7 +8,10 @@ P3D ops are a 2D-in-3D conv followed by the complementary 1D conv, as in Sec. 3.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+from nastk_dints.kernels import InstanceNorm, same_conv3d
 
 
 def _pad(kernel: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -25,8 +28,14 @@ class ActConvNorm(nn.Sequential):
             out = out_channels if i == len(kernels) - 1 else in_channels
             layers.append(nn.Conv3d(channels, out, k, padding=_pad(k), bias=False))
             channels = out
-        layers.append(nn.InstanceNorm3d(out_channels, affine=True))
+        layers.append(InstanceNorm(out_channels))
         super().__init__(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(x)
+        for conv in self.convs:  # stride-1 same-size convs; see nastk_dints.fused.KernelConv
+            x = same_conv3d(x, conv.weight)
+        return self.norm(x)
 
     @property
     def convs(self) -> list[nn.Conv3d]:

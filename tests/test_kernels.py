@@ -1,0 +1,63 @@
+"""nastk_dints.kernels against PyTorch's own conv3d and InstanceNorm3d, values and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nastk_dints.kernels import InstanceNorm, KernelConv
+
+KERNELS = [(3, 3, 3), (3, 3, 1), (3, 1, 3), (1, 3, 3)]
+
+
+def _reference(x, kernels):
+    """conv3d with each kernel at its own 'same' padding, outputs stacked on the channels."""
+    return torch.cat([F.conv3d(x, w, padding=[k // 2 for k in w.shape[2:]]) for w in kernels], dim=1)
+
+
+# batch 1 with >= 8 voxels per channel takes the oneDNN formulas; the others PyTorch's kernels
+@pytest.mark.parametrize("shape", [(1, 4, 8, 6, 5), (2, 4, 8, 6, 5), (1, 8, 3, 3, 2)])
+@pytest.mark.parametrize("stacked", [False, True])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_kernel_conv_matches_conv3d(shape, stacked, frozen):
+    torch.manual_seed(0)
+    c = shape[1]
+    kernels = [torch.randn(c, c, *k, requires_grad=not frozen) for k in (KERNELS if stacked else [(1, 3, 3)])]
+    x = torch.randn(shape, requires_grad=True)
+    out = KernelConv.apply(x, *kernels)
+    ref = _reference(x, kernels)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    wrt = [x] + ([] if frozen else kernels)
+    g = torch.randn_like(ref)
+    ours, theirs = torch.autograd.grad(out, wrt, g), torch.autograd.grad(ref, wrt, g)
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_conv_on_meta_and_under_cpu_autocast():
+    with torch.device("meta"):
+        out = KernelConv.apply(torch.empty(1, 4, 8, 8, 8), torch.empty(4, 4, 3, 3, 3))
+    assert out.shape == (1, 4, 8, 8, 8) and out.device.type == "meta"
+    x, w = torch.randn(1, 4, 8, 8, 8, requires_grad=True), torch.randn(4, 4, 3, 3, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = KernelConv.apply(x, w)
+        ref = F.conv3d(x, w, padding=1)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    gx, gw = torch.autograd.grad(out.float().sum(), [x, w])
+    assert gx.dtype == x.dtype and gw.dtype == w.dtype and torch.isfinite(gw).all()
+
+
+def test_instance_norm_is_pytorchs():
+    torch.manual_seed(0)
+    ours, theirs = InstanceNorm(6), nn.InstanceNorm3d(6, affine=True)
+    for p in ours.parameters():
+        nn.init.normal_(p)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 5, 4, 3, requires_grad=True)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    g_ours = torch.autograd.grad(ours(x).sin().sum(), [x, *ours.parameters()])
+    g_theirs = torch.autograd.grad(theirs(x).sin().sum(), [x, *theirs.parameters()])
+    for a, b in zip(g_ours, g_theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
