@@ -176,8 +176,17 @@ step()
 ts = []
 for _ in range(steps):
     t0 = time.perf_counter(); step(); ts.append(time.perf_counter() - t0)
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"times": ts, "rss_mb": rss}))
+def peak_rss_mb():
+    # VmHWM is this program's own high-water mark; ru_maxrss would carry over the parent's peak
+    # through fork + exec.
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"times": ts, "rss_mb": peak_rss_mb()}))
 """
 
 

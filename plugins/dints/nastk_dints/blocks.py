@@ -70,7 +70,7 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
-        return self.norm(self.conv(torch.relu(x)))
+        return self.norm(same_conv3d(torch.relu(x), self.conv.weight))
 
 
 def resample(source: int, target: int, filters: float) -> nn.Module:

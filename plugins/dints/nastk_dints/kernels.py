@@ -132,5 +132,8 @@ class KernelConv(torch.autograd.Function):
 
 
 def same_conv3d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.conv3d(x, weight, padding=k // 2)`` for odd kernels, through :class:`KernelConv`."""
-    return KernelConv.apply(x, weight)
+    """``F.conv3d(x, weight, padding=k // 2)`` for odd kernels; through :class:`KernelConv` where
+    that takes oneDNN, else directly (an autograd.Function costs tens of microseconds a call)."""
+    if _use_mkldnn(x):
+        return KernelConv.apply(x, weight)
+    return F.conv3d(x, weight, padding=[k // 2 for k in weight.shape[2:]])
