@@ -112,44 +112,55 @@ def bench_topology(repeats: int) -> dict:
 
 
 STEP_SCRIPT = r"""
-import json, resource, sys, time, warnings
+import contextlib, json, resource, sys, time, warnings
 import torch, torch.nn.functional as F
-side, steps = sys.argv[1], int(sys.argv[2])
+side, steps, device, amp = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+patch, filters = int(sys.argv[5]), int(sys.argv[6])
+dev = torch.device(device)
 torch.manual_seed(0)
-patch, filters = 32, 8
-x = torch.randn(1, 1, patch, patch, patch)
-y = torch.randint(0, 3, (1, patch, patch, patch))
+x = torch.randn(1, 1, patch, patch, patch, device=dev)
+y = torch.randint(0, 3, (1, patch, patch, patch), device=dev)
+# AMP: fp16 autocast on CUDA, bf16 on CPU; no loss scaler on either side (timing only).
+half = torch.float16 if dev.type == "cuda" else torch.bfloat16
+autocast = (lambda: torch.autocast(dev.type, dtype=half)) if amp else contextlib.nullcontext
+def freeze(params, flag):
+    for p in params: p.requires_grad_(flag)
 if side == "ours":
     from nastk import registry
+    from nastk.engine.common import sgd
     from nastk.objective import arch_objective, build_losses
     from nastk.spec import Spec
     spec = Spec()
     ops = {n: registry.load("ops", n) for n in spec.ops}
     params = {"layers": 12, "depths": 4, "filters": filters}
-    net = registry.load("spaces", "dints").build_supernet(params, ops, 1, 3, (patch,) * 3)
+    net = registry.load("spaces", "dints").build_supernet(params, ops, 1, 3, (patch,) * 3).to(dev)
     seg, arch_losses = build_losses(spec.losses)
-    from nastk.engine.common import sgd
     opt_w = sgd(net.weight_parameters(), spec.search.weights)
     opt_a = torch.optim.Adam(net.arch_parameters(), lr=0.008)
     net.memory_costs()
     weights, arch = net.weight_parameters(), net.arch_parameters()
-    def freeze(params, flag):
-        for p in params: p.requires_grad_(flag)
     def step():  # as nastk.engine.search does it: each step differentiates only what it updates
         freeze(weights, True); freeze(arch, False)
-        opt_w.zero_grad(); seg.fn(net(x), y).backward(); opt_w.step()
+        opt_w.zero_grad()
+        with autocast():
+            out = net(x)
+        seg.fn(out.float(), y).backward(); opt_w.step()
         opt_w.zero_grad()  # nastk frees the weight gradients before the architecture step
         freeze(weights, False); freeze(arch, True)
         opt_a.zero_grad()
         terms = [(a.weight, a.fn(net)) for a in arch_losses]
-        arch_objective(seg.fn(net(x), y), terms, 1, 2).backward(); opt_a.step()
+        with autocast():
+            out = net(x)
+        arch_objective(seg.fn(out.float(), y), terms, 1, 2).backward(); opt_a.step()
 else:
     from monai.losses import DiceCELoss
     from monai.networks.nets.dints import DiNTS, TopologySearch
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        space = TopologySearch(channel_mul=filters / 32, num_blocks=12, num_depths=4, use_downsample=True)
-        net = DiNTS(space, in_channels=1, num_classes=3, use_downsample=True)
+        space = TopologySearch(
+            channel_mul=filters / 32, num_blocks=12, num_depths=4, use_downsample=True, device=device
+        )
+        net = DiNTS(space, in_channels=1, num_classes=3, use_downsample=True).to(dev)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     arch_names = {"dints_space.log_alpha_a", "dints_space.log_alpha_c"}
     weights = [p for n, p in net.named_parameters() if n not in arch_names]
@@ -157,11 +168,12 @@ else:
     opt_a = torch.optim.Adam([space.log_alpha_a, space.log_alpha_c], lr=0.008)
     yy = y[:, None]
     alphas = [space.log_alpha_a, space.log_alpha_c]
-    def freeze(params, flag):
-        for p in params: p.requires_grad_(flag)
     def step():  # as MONAI's DiNTS tutorial (search_dints.py) does it, without its anomaly detection
         freeze(weights, True); freeze(alphas, False)
-        opt_w.zero_grad(); loss_fn(net(x), yy).backward(); opt_w.step()
+        opt_w.zero_grad()
+        with autocast():
+            out = net(x)
+        loss_fn(out.float(), yy).backward(); opt_w.step()
         freeze(weights, False); freeze(alphas, True)
         opt_a.zero_grad()
         probs_a, _ = space.get_prob_a(child=True)
@@ -170,12 +182,19 @@ else:
         tp = space.get_topology_entropy(probs_a)
         full = space.get_ram_cost_usage(x.shape, full=True)
         usage = space.get_ram_cost_usage(x.shape)
-        loss = loss_fn(net(x), yy) + 0.5 * (ent_a + ent_c + torch.abs(0.8 - usage / full) + 0.001 * tp)
+        with autocast():
+            out = net(x)
+        loss = loss_fn(out.float(), yy) + 0.5 * (ent_a + ent_c + torch.abs(0.8 - usage / full) + 0.001 * tp)
         loss.backward(); opt_a.step()
-step()
+def sync():
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+step(); sync()
+if dev.type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
 ts = []
 for _ in range(steps):
-    t0 = time.perf_counter(); step(); ts.append(time.perf_counter() - t0)
+    t0 = time.perf_counter(); step(); sync(); ts.append(time.perf_counter() - t0)
 def peak_rss_mb():
     # VmHWM is this program's own high-water mark; ru_maxrss would carry over the parent's peak
     # through fork + exec.
@@ -186,49 +205,73 @@ def peak_rss_mb():
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"times": ts, "rss_mb": peak_rss_mb()}))
+gpu = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
+print(json.dumps({"times": ts, "rss_mb": peak_rss_mb(), "gpu_mb": gpu}))
 """
 
 
-def bench_search_step(steps: int, rounds: int = 3) -> list[dict]:
+def bench_search_step(
+    steps: int,
+    rounds: int = 3,
+    device: str = "cpu",
+    amp: bool = False,
+    patch: int = 32,
+    filters: int = 8,
+    sides: tuple[str, ...] = ("ours", "monai"),
+) -> list[dict]:
     # Alternate the sides over several fresh processes so that drift in the machine's speed (a
     # shared VM varies by tens of percent over minutes) hits both alike; report medians.
-    runs: dict[str, list[dict]] = {"ours": [], "monai": []}
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    argv = [str(steps), device, "1" if amp else "0", str(patch), str(filters)]
     for _ in range(rounds):
         for side in runs:
             out = subprocess.run(
-                [sys.executable, "-c", STEP_SCRIPT, side, str(steps)], capture_output=True, text=True
+                [sys.executable, "-c", STEP_SCRIPT, side, *argv], capture_output=True, text=True
             )
             if out.returncode:
                 raise RuntimeError(out.stderr[-2000:])
             runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    res = {
-        side: {
-            "time": float(np.median([t for r in rs for t in r["times"]])),
-            "rss_mb": float(np.median([r["rss_mb"] for r in rs])),
-        }
-        for side, rs in runs.items()
-    }
-    note = (
-        "L=12, D=4, 8 stem filters, 32^3, batch 1, CPU; weight step + arch step, both optimisers; "
-        f"both sides freeze what a step does not update, as MONAI's tutorial search script does; "
+
+    def median(side: str, key: str) -> float:
+        if side not in runs:
+            return float("nan")
+        values = [v for r in runs[side] for v in (r[key] if key == "times" else [r[key]])]
+        return float(np.median(values)) if None not in values else float("nan")
+
+    config = (
+        f"L=12, D=4, {filters} stem filters, {patch}^3, batch 1, {device}{', AMP' if amp else ''}; "
         f"median of {rounds} alternating fresh processes x {steps} steps"
     )
-    return [
+    note = (
+        f"{config}; weight step + arch step, both optimisers; both sides freeze what a step does "
+        "not update, as MONAI's tutorial search script does"
+    )
+    rows = [
         {
             "what": "search step time",
-            "ours_s": res["ours"]["time"],
-            "monai_s": res["monai"]["time"],
+            "ours_s": median("ours", "times"),
+            "monai_s": median("monai", "times"),
             "check": note,
         },
         {
             "what": "search step peak RSS (MB)",
-            "ours_s": res["ours"]["rss_mb"],
-            "monai_s": res["monai"]["rss_mb"],
-            "check": "median over the fresh processes; includes the Python/torch baseline",
+            "ours_s": median("ours", "rss_mb"),
+            "monai_s": median("monai", "rss_mb"),
+            "check": "VmHWM of each fresh process; includes the Python/torch baseline",
             "unit": "MB",
         },
     ]
+    if device == "cuda":
+        rows.append(
+            {
+                "what": "search step peak GPU memory (MB)",
+                "ours_s": median("ours", "gpu_mb"),
+                "monai_s": median("monai", "gpu_mb"),
+                "check": "torch.cuda.max_memory_allocated",
+                "unit": "MB",
+            }
+        )
+    return rows
 
 
 # ------------------------------------------------------------------------------------ memory estimate
@@ -244,7 +287,8 @@ def bench_memory(count: int, patch: int, filters: int) -> dict:
 
     ops = {n: registry.load("ops", n) for n in ["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"]}
     rng = np.random.default_rng(0)
-    est, true = [], []
+    space = _monai_space(channel_mul=filters / 32, blocks=L)
+    est, true, monai = [], [], []
     for _ in range(count):
         arch = decode(rng.normal(size=(L, 3 * D - 2)) * 2, rng.normal(size=(L, 3 * D - 2, N_OPS)))
         net = SPACE.build_network(arch, ops, 1, 3, filters=filters)
@@ -252,21 +296,43 @@ def bench_memory(count: int, patch: int, filters: int) -> dict:
             estimate_training_memory(arch, ops, (patch,) * 3, 1, filters=filters, num_classes=3)["total"]
         )
         true.append(saved_bytes(net, (1, 1, patch, patch, patch)))
-    est, true = np.array(est), np.array(true)
-    ratio = est / true
-    rho = spearmanr(est, true).statistic
+        monai.append(_monai_ram_estimate(space, arch, patch) * 2**20)
+    est, true, monai = np.array(est), np.array(true), np.array(monai)
+    ratio, monai_ratio = est / true, monai / true
+    rho, monai_rho = spearmanr(est, true).statistic, spearmanr(monai, true).statistic
     return {
         "what": f"memory estimate vs saved bytes ({count} random archs, {patch}^3, {filters} filters)",
         "ours_s": float(np.abs(ratio - 1).max()),
-        "monai_s": float("nan"),
-        "check": f"ours: max |estimate/measured - 1| = {np.abs(ratio - 1).max():.2e}, Spearman rho {rho:.4f}",
+        "monai_s": float(np.abs(monai_ratio - 1).max()),
+        "check": f"max |estimate/measured - 1|; ours: Spearman rho {rho:.4f}; MONAI get_ram_cost_usage "
+        f"(cells only, fed one-hot logits): rho {monai_rho:.4f}, estimate/measured median "
+        f"{np.median(monai_ratio):.2f} (range {monai_ratio.min():.2f}-{monai_ratio.max():.2f})",
         "unit": "rel. error",
     }
+
+
+def _monai_ram_estimate(space, arch, patch: int) -> float:
+    """MONAI's get_ram_cost_usage (MB) for a discrete architecture: logits of +-30 make its
+    probabilities 0 or 1 (edge order and op order are the same as ours)."""
+    with torch.no_grad():
+        space.log_alpha_a.copy_(torch.from_numpy(np.where(arch.edge_mask, 30.0, -30.0)))
+        onehot = np.full(space.log_alpha_c.shape, -30.0)
+        for i, e in zip(*np.nonzero(arch.edge_mask)):
+            onehot[i, e, arch.op_index[i, e]] = 30.0
+        space.log_alpha_c.copy_(torch.from_numpy(onehot))
+        return float(space.get_ram_cost_usage((1, 1, patch, patch, patch)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and archs")
+    parser.add_argument("--device", default="cpu", help="where the search step runs (cpu or cuda)")
+    parser.add_argument("--amp", action="store_true", help="search step under autocast")
+    parser.add_argument(
+        "--paper-step",
+        action="store_true",
+        help="only time one search step at the paper's configuration (96^3, 16 filters), ours only",
+    )
     args = parser.parse_args()
     try:
         import monai  # noqa: F401
@@ -276,9 +342,12 @@ def main() -> None:
     from rich.table import Table
 
     torch.manual_seed(0)
-    rows = [bench_decode(50), bench_topology(100 if not args.quick else 20)]
-    rows += bench_search_step(3 if args.quick else 5)
-    rows.append(bench_memory(6 if args.quick else 30, 64, 8))
+    if args.paper_step:
+        rows = bench_search_step(3, 1, args.device, args.amp, patch=96, filters=16, sides=("ours",))
+    else:
+        rows = [bench_decode(50), bench_topology(100 if not args.quick else 20)]
+        rows += bench_search_step(3 if args.quick else 5, 3, args.device, args.amp)
+        rows.append(bench_memory(6 if args.quick else 30, 64, 8))
     table = Table(title="nastk vs MONAI 1.6 DiNTS, same machine, same run")
     for col in ("what", "ours", "MONAI", "ours / MONAI", "notes"):
         table.add_column(col, overflow="fold")

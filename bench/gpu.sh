@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The bench suite on a GPU machine, about 5 minutes: the side-by-side table with AMP off and on,
+# one search step at the paper's configuration (96^3, L=12, D=4, 16 filters), and sliding-window
+# inference. Needs `pip install -e .[bench]`. Record the output in the README with card and date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python - <<'PY'
+import torch
+assert torch.cuda.is_available(), "bench/gpu.sh needs a CUDA device"
+print(torch.cuda.get_device_name(0), "| torch", torch.__version__)
+PY
+python -m bench --quick --device cuda
+python -m bench --quick --device cuda --amp
+python -m bench --paper-step --device cuda --amp
+python bench/predict.py --device cuda --filters 16 --size 192 192 160 --patch 96 --stride 48
