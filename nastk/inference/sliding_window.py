@@ -117,7 +117,7 @@ def _allocate_accumulators(
     return allocate(torch.device("cpu"))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sliding_window_predict(
     volume: Tensor,
     predictor: Callable[[Tensor], Tensor],
@@ -241,10 +241,11 @@ def sliding_window_predict(
             probs = predict(x)
         del x
         probs = probs.to(acc_device, non_blocking=True)
-        if blend == "gaussian":
-            probs = probs.mul_(weight)
         for (i, j, k), p in zip(batch_starts, probs):
-            acc[:, i : i + px, j : j + py, k : k + pz] += p
+            if blend == "gaussian":  # weight and add in one pass over the window
+                acc[:, i : i + px, j : j + py, k : k + pz].addcmul_(p, weight)
+            else:
+                acc[:, i : i + px, j : j + py, k : k + pz] += p
             if wsum is not None:
                 wsum[i : i + px, j : j + py, k : k + pz] += weight
         del probs
@@ -264,7 +265,7 @@ def sliding_window_predict(
     return acc
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_labels(
     volume: Tensor,
     predictor: Callable[[Tensor], Tensor],
