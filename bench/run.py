@@ -123,7 +123,7 @@ y = torch.randint(0, 3, (1, patch, patch, patch), device=dev)
 # AMP: fp16 autocast on CUDA, bf16 on CPU; no loss scaler on either side (timing only).
 half = torch.float16 if dev.type == "cuda" else torch.bfloat16
 autocast = (lambda: torch.autocast(dev.type, dtype=half)) if amp else contextlib.nullcontext
-def freeze(params, flag):
+def freeze(params, flag):  # what nastk.engine.common.set_requires_grad does (MONAI's side imports no nastk)
     for p in params: p.requires_grad_(flag)
 if side == "ours":
     from nastk import registry

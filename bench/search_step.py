@@ -3,9 +3,9 @@
     python bench/search_step.py [--layers 12 --depths 4 --filters 8 --patch 32 --batch 1 --steps 5]
 
 One iteration is what a joint-phase iteration of ``nastk search`` does: a weight step (forward,
-L_seg, backward, SGD) on one batch and an architecture step (forward, L_seg + every arch loss of
-Eq. 11, backward, Adam) on another. Peak memory is the process's peak RSS on CPU and
-``torch.cuda.max_memory_allocated`` on GPU.
+L_seg, backward, SGD) on one batch with the architecture frozen and an architecture step (forward,
+L_seg + every arch loss of Eq. 11, backward, Adam) on another with the weights frozen. Peak memory
+is the process's peak RSS on CPU and ``torch.cuda.max_memory_allocated`` on GPU.
 """
 
 from __future__ import annotations
@@ -21,11 +21,19 @@ from rich.console import Console
 from rich.table import Table
 
 from nastk import registry
+from nastk.engine.common import set_requires_grad, sgd
 from nastk.objective import arch_objective, build_losses
 from nastk.spec import Spec
 
 
 def rss_mb() -> float:
+    try:  # this program's high-water mark (ru_maxrss would include a parent's through fork + exec)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
@@ -48,16 +56,23 @@ def main() -> None:
     params = {"layers": args.layers, "depths": args.depths, "filters": args.filters}
     net = space.build_supernet(params, ops, 1, 3, patch).to(device)
     seg, arch_losses = build_losses(spec.losses)
-    opt_w = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=4e-5)
+    opt_w = sgd(net.weight_parameters(), spec.search.weights)
     opt_a = torch.optim.Adam(net.arch_parameters(), lr=0.008)
     net.memory_costs()  # measured once per run, not per step
     x = torch.randn(args.batch, 1, *patch, device=device)
     y = torch.randint(0, 3, (args.batch, *patch), device=device)
 
+    weights, arch = net.weight_parameters(), net.arch_parameters()
+
     def step() -> None:
+        set_requires_grad(weights, True)
+        set_requires_grad(arch, False)
         opt_w.zero_grad(set_to_none=True)
         seg.fn(net(x), y).backward()
         opt_w.step()
+        opt_w.zero_grad(set_to_none=True)
+        set_requires_grad(weights, False)
+        set_requires_grad(arch, True)
         opt_a.zero_grad(set_to_none=True)
         terms = [(a.weight, a.fn(net)) for a in arch_losses]
         arch_objective(seg.fn(net(x), y), terms, 1, 2).backward()

@@ -40,6 +40,12 @@ def make_scaler(device: torch.device, amp: str):
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
+def set_requires_grad(params, flag: bool) -> None:
+    """Freeze (``False``) or unfreeze parameters; a search step differentiates only what it updates."""
+    for p in params:
+        p.requires_grad_(flag)
+
+
 def sgd(params, cfg) -> torch.optim.SGD:
     """SGD with the spec's settings, fused where the device supports it.
 

@@ -36,6 +36,7 @@ from nastk.engine.common import (
     hard_dice,
     make_scaler,
     seed_everything,
+    set_requires_grad,
     sgd,
     to_device,
 )
@@ -53,11 +54,6 @@ def phase_of(iteration: int, s) -> str:
     if iteration < s.warmup_iters + s.weight_iters:
         return "weights"
     return "joint"
-
-
-def _requires_grad(params: list[torch.nn.Parameter], flag: bool) -> None:
-    for p in params:
-        p.requires_grad_(flag)
 
 
 def total_iterations(s) -> int:
@@ -170,7 +166,7 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
         start = int(state["iteration"])
     weights = net.weight_parameters()
     # DDP registers only the parameters that require grad when it wraps the model: the weights.
-    _requires_grad(arch_params, False)
+    set_requires_grad(arch_params, False)
     model = dd.wrap(net, dist)
     total = total_iterations(s)
     joint_start = s.warmup_iters + s.weight_iters
@@ -216,8 +212,8 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
             x1, y1 = to_device(next(it1), dist.device, opts.channels_last)
             x1, y1 = aug(x1, y1, batch_generator(spec.seed, dist.rank, it, 1, dist.device))
             opt_w.zero_grad(set_to_none=True)
-            _requires_grad(weights, True)
-            _requires_grad(arch_params, False)
+            set_requires_grad(weights, True)
+            set_requires_grad(arch_params, False)
             with autocast(dist.device, opts.amp):
                 logits = model(x1)
                 l_seg = seg.fn(logits.float(), y1)
@@ -240,8 +236,8 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
                 x2, y2 = to_device(next(it2), dist.device, opts.channels_last)
                 x2, y2 = aug(x2, y2, batch_generator(spec.seed, dist.rank, it, 2, dist.device))
                 opt_a.zero_grad(set_to_none=True)
-                _requires_grad(weights, False)
-                _requires_grad(arch_params, True)
+                set_requires_grad(weights, False)
+                set_requires_grad(arch_params, True)
                 with autocast(dist.device, opts.amp):
                     l_seg2 = seg.fn(net(x2).float(), y2)  # not through DDP: it manages the weights
                 terms = {a.name: a.fn(net) for a in arch_losses}
