@@ -24,4 +24,5 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .
 
 bench: $(VENV)/.installed
-	$(BIN)/python bench/decode.py
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench
