@@ -61,3 +61,15 @@ def test_instance_norm_is_pytorchs():
     g_theirs = torch.autograd.grad(theirs(x).sin().sum(), [x, *theirs.parameters()])
     for a, b in zip(g_ours, g_theirs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_kernel_conv_channels_last(batch):
+    torch.manual_seed(0)
+    x = torch.randn(batch, 4, 8, 6, 5).to(memory_format=torch.channels_last_3d).requires_grad_()
+    kernels = [torch.randn(4, 4, *k, requires_grad=True) for k in KERNELS]
+    out, ref = KernelConv.apply(x, *kernels), _reference(x, kernels)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, [x, *kernels], g), torch.autograd.grad(ref, [x, *kernels], g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
