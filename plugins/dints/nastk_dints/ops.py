@@ -33,7 +33,7 @@ class ActConvNorm(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(x)
-        for conv in self.convs:  # stride-1 same-size convs; see nastk_dints.fused.KernelConv
+        for conv in self.convs:  # stride-1 same-size convs; see nastk_dints.kernels
             x = same_conv3d(x, conv.weight)
         return self.norm(x)
 

@@ -51,10 +51,11 @@ class MixedCell(nn.Module):
     """Resampling then sum_n alpha_n op_n(x) (Sec. 3.3.1).
 
     Ops that are :class:`~nastk_dints.ops.ActConvNorm` (ReLU, convs, InstanceNorm: the four DiNTS
-    conv ops, and any plugin op built the same way) run fused (:mod:`nastk_dints.fused`): one
-    shared ReLU, one convolution for all their first kernels, one InstanceNorm, one contraction
-    with alpha. The maths equals running the ops one by one (tested); ``fuse = False`` does that
-    instead. Other ops (skip, plugin ops) always run one by one.
+    conv ops, and any plugin op built the same way) run fused (:mod:`nastk_dints.fused`) in cells
+    with at least 8 voxels per channel: one shared ReLU, one convolution for all their first
+    kernels, one InstanceNorm, one contraction with alpha. The maths equals running the ops one by
+    one (tested); ``fuse = False`` does that instead. Other ops (skip, plugin ops) always run one
+    by one.
     """
 
     def __init__(self, source: int, target: int, filters: float, ops: dict[str, CellOp]):
