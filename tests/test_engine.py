@@ -177,6 +177,29 @@ def _kill_midway(cmd, marker: Path, env=None):
     return proc.returncode
 
 
+def test_freezing_per_step_changes_no_update(tmp_path, synth_root, monkeypatch):
+    """Each step differentiates only what it updates; the updates equal differentiating everything."""
+    from nastk.engine import search as search_module
+
+    path, spec = tiny_spec(tmp_path, synth_root, **{"search.joint_iters": 6})
+    run_search(spec, RunOptions(out=tmp_path / "frozen", quiet=True, deterministic=True))
+    calls = []
+    monkeypatch.setattr(search_module, "set_requires_grad", lambda params, flag: calls.append(flag))
+    run_search(spec, RunOptions(out=tmp_path / "everything", quiet=True, deterministic=True))
+    assert calls and not all(calls)  # the patched run really skipped freezing
+    torch.manual_seed(spec.seed)
+    init = build_supernet(spec).arch_parameters_numpy()
+    for name in ("edge_logits", "op_logits"):
+        with np.load(tmp_path / "frozen/search/arch_params.npz") as a:
+            with np.load(tmp_path / "everything/search/arch_params.npz") as b:
+                np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
+                assert np.abs(a[name] - init[name]).max() > 1e-4  # the joint phase moved them
+    frozen = torch.load(tmp_path / "frozen/search/checkpoint.pt", weights_only=True)["model"]
+    everything = torch.load(tmp_path / "everything/search/checkpoint.pt", weights_only=True)["model"]
+    for key, value in frozen.items():
+        torch.testing.assert_close(value, everything[key], rtol=1e-4, atol=1e-5)
+
+
 def test_search_killed_and_resumed_is_exact(tmp_path, synth_root):
     path, _ = tiny_spec(tmp_path, synth_root, **{"search.joint_iters": 8, "search.checkpoint_every": 4})
     base = [sys.executable, "-m", "nastk", "search", str(path), "--quiet", "--deterministic"]
