@@ -53,3 +53,21 @@ def test_costs_measured_under_no_grad_are_not_zero(paper_ops):
     net = SPACE.build_supernet({"layers": 2, "depths": 2, "filters": 3}, paper_ops, 1, 2, (16, 16, 16))
     diag = net.diagnostics()
     assert 0 < diag["memory_ratio"] < 1 and diag["gap"] >= 0
+
+
+def test_measuring_frees_the_graph():
+    """saved_bytes keeps no reference to what it measured (a saved output packed as itself would form
+    an output -> grad_fn -> output cycle that Python's collector cannot free)."""
+    import gc
+    import weakref
+
+    class KeepsOutputWeakly(torch.nn.Module):
+        def forward(self, x):
+            y = torch.relu(x * 2)  # relu saves its output
+            self.out = weakref.ref(y)
+            return y
+
+    module = KeepsOutputWeakly()
+    assert saved_bytes(module, (1, 2, 4, 4, 4)) == 2 * 64 * 4
+    gc.collect()
+    assert module.out() is None

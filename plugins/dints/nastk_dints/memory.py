@@ -30,7 +30,9 @@ def saved_bytes(module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dt
         ptr = storage.data_ptr()
         if ptr not in param_storages and ptr != 0:
             storages[ptr] = storage.nbytes()
-        return t
+        # Detached: packing a saved output itself would make output -> grad_fn -> packed output,
+        # a cycle through C++ that Python's collector cannot free (every call leaked its graph).
+        return t.detach()
 
     # enable_grad: called under no_grad (e.g. from diagnostics) nothing would be saved, and the
     # zero would be cached.
