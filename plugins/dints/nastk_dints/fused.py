@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nastk_dints.kernels import KernelConv
+from nastk_dints.kernels import KernelConv, same_conv3d
 from nastk_dints.ops import ActConvNorm
 
 __all__ = ["fusable", "fused_ops"]
@@ -61,10 +61,10 @@ def fused_ops(ops: list[ActConvNorm], x: torch.Tensor, alpha: torch.Tensor) -> t
         chunks = list(h.split([op.convs[0].out_channels for op in ops], dim=1))
         for k, op in enumerate(ops):
             for conv in op.convs[1:]:
-                chunks[k] = KernelConv.apply(chunks[k], conv.weight)
+                chunks[k] = same_conv3d(chunks[k], conv.weight)
         h = torch.cat(chunks, dim=1)
     norms = [op.norm for op in ops]
-    # InstanceNorm of every stacked channel, as a GroupNorm with one group per channel (see ops.py)
+    # InstanceNorm of every stacked channel, as a GroupNorm with one group per channel (see kernels.py)
     weight, bias = torch.cat([n.weight for n in norms]), torch.cat([n.bias for n in norms])
     h = F.group_norm(h, h.shape[1], weight, bias, _EPS)
     b, c = h.shape[0], ops[0].convs[0].out_channels
