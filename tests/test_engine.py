@@ -22,40 +22,7 @@ from nastk.engine.search import build_supernet, run_search
 from nastk.spec import validate
 
 from conftest import run_cli
-
-TINY = {
-    "seed": 0,
-    "dataset": {
-        "spacing": [2.0, 2.0, 2.0],
-        "num_classes": 3,
-        "num_folds": 2,
-        "num_workers": 0,
-        "fg_fraction": 0.5,
-    },
-    "space": {"params": {"layers": 2, "depths": 2, "filters": 2}},
-    "search": {
-        "patch_size": [16, 16, 16],
-        "batch_size": 2,
-        "warmup_iters": 2,
-        "weight_iters": 2,
-        "joint_iters": 4,
-        "milestones": [3],
-        "log_every": 1,
-        "checkpoint_every": 2,
-    },
-    "retrain": {
-        "patch_size": [16, 16, 16],
-        "batch_multiplier": 1,
-        "filter_multiplier": 2.0,
-        "warmup_iters": 2,
-        "iters": 6,
-        "milestones": [4],
-        "val_every": 4,
-        "checkpoint_every": 2,
-    },
-    "inference": {"patch_size": [16, 16, 16], "stride": [8, 8, 8]},
-}
-
+from tinydata import TINY_SPEC
 
 TINY_ROOT: list = []
 
@@ -68,7 +35,7 @@ def synth_root(tmp_path_factory):
 
 
 def tiny_spec(tmp_path, root, **override):
-    data = json.loads(json.dumps(TINY))
+    data = json.loads(json.dumps(TINY_SPEC))
     data["dataset"]["root"] = str(root)
     data["dataset"]["cache_dir"] = str(tmp_path / "cache")
     for dotted, value in override.items():

@@ -4,40 +4,25 @@ import pandas as pd
 import yaml
 
 from conftest import run_cli
+from tinydata import TINY_SPEC, merged
 
-TINY_QUICKSTART = {
-    "synth": {"cases": 4, "size": 24, "test_cases": 2, "seed": 1},
-    "seed": 0,
-    "dataset": {
-        "spacing": [2.0, 2.0, 2.0],
-        "num_classes": 3,
-        "num_folds": 2,
-        "num_workers": 0,
-        "fg_fraction": 0.5,
+# The engine tests' tiny spec, with a synthetic task and enough retraining to find the organ.
+TINY_QUICKSTART = merged(
+    TINY_SPEC,
+    {
+        "synth": {"cases": 4, "size": 24, "test_cases": 2, "seed": 1},
+        "search": {"milestones": [100], "log_every": 2, "checkpoint_every": 4},
+        "retrain": {
+            "filter_multiplier": 4.0,
+            "warmup_iters": 5,
+            "iters": 120,
+            "milestones": [1000],
+            "val_every": 1000,
+            "checkpoint_every": 60,
+        },
+        "inference": {"ensemble": "mean"},
     },
-    "space": {"params": {"layers": 2, "depths": 2, "filters": 2}},
-    "search": {
-        "patch_size": [16, 16, 16],
-        "batch_size": 2,
-        "warmup_iters": 2,
-        "weight_iters": 2,
-        "joint_iters": 4,
-        "milestones": [100],
-        "log_every": 2,
-        "checkpoint_every": 4,
-    },
-    "retrain": {
-        "patch_size": [16, 16, 16],
-        "batch_multiplier": 1,
-        "filter_multiplier": 4.0,
-        "warmup_iters": 5,
-        "iters": 120,
-        "milestones": [1000],
-        "val_every": 1000,
-        "checkpoint_every": 60,
-    },
-    "inference": {"patch_size": [16, 16, 16], "stride": [8, 8, 8], "ensemble": "mean"},
-}
+)
 
 
 def test_quickstart_end_to_end(tmp_path):

@@ -1,7 +1,9 @@
-"""Tiny MSD- and nnU-Net-layout datasets written on the fly for data tests."""
+"""Tiny MSD- and nnU-Net-layout datasets written on the fly for data tests, and the tiny spec the engine
+and quickstart tests shrink the pipeline to."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -79,3 +81,49 @@ def write_nnunet(root: Path, cases: int = 3, channels: int = 2, seed: int = 1) -
 
 def save_nifti(array, path, affine=AFFINE):
     _save(array, affine, Path(path))
+
+
+# Search and retrain at the smallest sizes that still exercise every phase (dataset.root is set per test).
+TINY_SPEC = {
+    "seed": 0,
+    "dataset": {
+        "spacing": [2.0, 2.0, 2.0],
+        "num_classes": 3,
+        "num_folds": 2,
+        "num_workers": 0,
+        "fg_fraction": 0.5,
+    },
+    "space": {"params": {"layers": 2, "depths": 2, "filters": 2}},
+    "search": {
+        "patch_size": [16, 16, 16],
+        "batch_size": 2,
+        "warmup_iters": 2,
+        "weight_iters": 2,
+        "joint_iters": 4,
+        "milestones": [3],
+        "log_every": 1,
+        "checkpoint_every": 2,
+    },
+    "retrain": {
+        "patch_size": [16, 16, 16],
+        "batch_multiplier": 1,
+        "filter_multiplier": 2.0,
+        "warmup_iters": 2,
+        "iters": 6,
+        "milestones": [4],
+        "val_every": 4,
+        "checkpoint_every": 2,
+    },
+    "inference": {"patch_size": [16, 16, 16], "stride": [8, 8, 8]},
+}
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """A deep copy of ``base`` with ``overrides`` merged in, nested dicts key by key."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

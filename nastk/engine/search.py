@@ -165,7 +165,8 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
         ckpt.set_rng_state(state["rng"])
         start = int(state["iteration"])
     weights = net.weight_parameters()
-    # DDP registers only the parameters that require grad when it wraps the model: the weights.
+    # Weight steps run with the architecture frozen; only the architecture step flips this, and flips
+    # it back. DDP registers only the parameters that require grad when it wraps the model: the weights.
     set_requires_grad(arch_params, False)
     model = dd.wrap(net, dist)
     total = total_iterations(s)
@@ -212,8 +213,6 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
             x1, y1 = to_device(next(it1), dist.device, opts.channels_last)
             x1, y1 = aug(x1, y1, batch_generator(spec.seed, dist.rank, it, 1, dist.device))
             opt_w.zero_grad(set_to_none=True)
-            set_requires_grad(weights, True)
-            set_requires_grad(arch_params, False)
             with autocast(dist.device, opts.amp):
                 logits = model(x1)
                 l_seg = seg.fn(logits.float(), y1)
@@ -250,6 +249,8 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
                 dd.average_gradients(arch_params, dist)
                 scaler_a.step(opt_a)
                 scaler_a.update()
+                set_requires_grad(weights, True)  # back to the weight steps' state
+                set_requires_grad(arch_params, False)
 
             line = (it + 1) % s.log_every == 0 or it + 1 == total
             if dist.is_main and line:
