@@ -114,7 +114,7 @@ def bench_topology(repeats: int) -> dict:
 STEP_SCRIPT = r"""
 import contextlib, json, resource, sys, time, warnings
 import torch, torch.nn.functional as F
-side, steps, device, amp = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
+sides, steps, device, amp = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 patch, filters = int(sys.argv[5]), int(sys.argv[6])
 dev = torch.device(device)
 torch.manual_seed(0)
@@ -125,7 +125,7 @@ half = torch.float16 if dev.type == "cuda" else torch.bfloat16
 autocast = (lambda: torch.autocast(dev.type, dtype=half)) if amp else contextlib.nullcontext
 def freeze(params, flag):  # what nastk.engine.common.set_requires_grad does (MONAI's side imports no nastk)
     for p in params: p.requires_grad_(flag)
-if side == "ours":
+def build_ours():
     from nastk import registry
     from nastk.engine.common import sgd
     from nastk.objective import arch_objective, build_losses
@@ -152,7 +152,8 @@ if side == "ours":
         with autocast():
             out = net(x)
         arch_objective(seg.fn(out.float(), y), terms, 1, 2).backward(); opt_a.step()
-else:
+    return step
+def build_monai():
     from monai.losses import DiceCELoss
     from monai.networks.nets.dints import DiNTS, TopologySearch
     with warnings.catch_warnings():
@@ -186,15 +187,21 @@ else:
             out = net(x)
         loss = loss_fn(out.float(), yy) + 0.5 * (ent_a + ent_c + torch.abs(0.8 - usage / full) + 0.001 * tp)
         loss.backward(); opt_a.step()
+    return step
 def sync():
     if dev.type == "cuda":
         torch.cuda.synchronize()
-step(); sync()
+step = {side: {"ours": build_ours, "monai": build_monai}[side]() for side in sides}
+for side in sides:
+    step[side](); sync()
 if dev.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
-ts = []
-for _ in range(steps):
-    t0 = time.perf_counter(); step(); sync(); ts.append(time.perf_counter() - t0)
+times = {side: [] for side in sides}
+for i in range(steps):
+    # With both sides in one process, alternate which goes first (ABBA): each pair of steps sees
+    # the same machine speed, however it drifts.
+    for side in sides if i % 2 == 0 else sides[::-1]:
+        t0 = time.perf_counter(); step[side](); sync(); times[side].append(time.perf_counter() - t0)
 def peak_rss_mb():
     # VmHWM is this program's own high-water mark; ru_maxrss would carry over the parent's peak
     # through fork + exec.
@@ -206,8 +213,18 @@ def peak_rss_mb():
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 gpu = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
-print(json.dumps({"times": ts, "rss_mb": peak_rss_mb(), "gpu_mb": gpu}))
+print(json.dumps({"times": times, "rss_mb": peak_rss_mb(), "gpu_mb": gpu}))
 """
+
+
+def _step_process(
+    sides: tuple[str, ...], steps: int, device: str, amp: bool, patch: int, filters: int
+) -> dict:
+    argv = [",".join(sides), str(steps), device, "1" if amp else "0", str(patch), str(filters)]
+    out = subprocess.run([sys.executable, "-c", STEP_SCRIPT, *argv], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def bench_search_step(
@@ -219,49 +236,45 @@ def bench_search_step(
     filters: int = 8,
     sides: tuple[str, ...] = ("ours", "monai"),
 ) -> list[dict]:
-    # Alternate the sides over several fresh processes so that drift in the machine's speed (a
-    # shared VM varies by tens of percent over minutes) hits both alike; report medians.
-    runs: dict[str, list[dict]] = {side: [] for side in sides}
-    argv = [str(steps), device, "1" if amp else "0", str(patch), str(filters)]
-    for _ in range(rounds):
-        for side in runs:
-            out = subprocess.run(
-                [sys.executable, "-c", STEP_SCRIPT, side, *argv], capture_output=True, text=True
-            )
-            if out.returncode:
-                raise RuntimeError(out.stderr[-2000:])
-            runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    """Time: both sides built in one process, their steps interleaved ABBA, ratio = median of the
+    adjacent pairs' ratios. Memory: each side alone in fresh processes (``rounds`` each)."""
+    result = _step_process(sides, steps, device, amp, patch, filters)
+    timed = result["times"]
+    if len(sides) == 1:  # the timed process ran that side alone: its memory is the answer
+        alone, rounds = {sides[0]: [result]}, 1
+    else:
+        alone = {side: [] for side in sides}
+        for _ in range(rounds):
+            for side in sides:
+                alone[side].append(_step_process((side,), 2, device, amp, patch, filters))
 
-    def median(side: str, key: str) -> float:
-        if side not in runs:
-            return float("nan")
-        values = [v for r in runs[side] for v in (r[key] if key == "times" else [r[key]])]
-        return float(np.median(values)) if None not in values else float("nan")
+    def memory(side: str, key: str) -> float:
+        values = [r[key] for r in alone.get(side, [])]
+        return float(np.median(values)) if values and None not in values else float("nan")
 
-    config = (
-        f"L=12, D=4, {filters} stem filters, {patch}^3, batch 1, {device}{', AMP' if amp else ''}; "
-        f"median of {rounds} alternating fresh processes x {steps} steps"
-    )
+    def step_time(side: str) -> float:
+        return float(np.median(timed[side])) if side in timed else float("nan")
+
+    config = f"L=12, D=4, {filters} stem filters, {patch}^3, batch 1, {device}{', AMP' if amp else ''}"
     note = (
-        f"{config}; weight step + arch step, both optimisers; both sides freeze what a step does "
-        "not update, as MONAI's tutorial search script does"
+        f"{config}; weight step + arch step, both optimisers; both sides freeze what a step does not "
+        f"update, as MONAI's tutorial search script does; both sides in one process, {steps} steps "
+        "each, interleaved ABBA; medians"
     )
-    step_time = {
-        "what": "search step time",
-        "ours_s": median("ours", "times"),
-        "monai_s": median("monai", "times"),
-    }
-    if len(runs) == 2:  # each round's back-to-back pair, then the median ratio: drift between rounds cancels
-        pairs = [np.median(a["times"]) / np.median(b["times"]) for a, b in zip(runs["ours"], runs["monai"])]
-        step_time["ratio"] = float(np.median(pairs))
-        note += f"; ratio = median over rounds of ours/MONAI ({', '.join(f'{p:.2f}' for p in pairs)})"
+    row = {"what": "search step time", "ours_s": step_time("ours"), "monai_s": step_time("monai")}
+    if len(timed) == 2:  # adjacent steps see the same machine speed: ratio per pair, then the median
+        pairs = np.array(timed["ours"]) / np.array(timed["monai"])
+        row["ratio"] = float(np.median(pairs))
+        q1, q3 = np.percentile(pairs, [25, 75])
+        note += f"; ratio = median of the {len(pairs)} pairs' ours/MONAI (quartiles {q1:.2f}-{q3:.2f})"
     rows = [
-        {**step_time, "check": note},
+        {**row, "check": note},
         {
             "what": "search step peak RSS (MB)",
-            "ours_s": median("ours", "rss_mb"),
-            "monai_s": median("monai", "rss_mb"),
-            "check": "VmHWM of each fresh process; includes the Python/torch baseline",
+            "ours_s": memory("ours", "rss_mb"),
+            "monai_s": memory("monai", "rss_mb"),
+            "check": f"VmHWM of a fresh process running one side (median of {rounds}); "
+            "includes the Python/torch baseline",
             "unit": "MB",
         },
     ]
@@ -269,9 +282,9 @@ def bench_search_step(
         rows.append(
             {
                 "what": "search step peak GPU memory (MB)",
-                "ours_s": median("ours", "gpu_mb"),
-                "monai_s": median("monai", "gpu_mb"),
-                "check": "torch.cuda.max_memory_allocated",
+                "ours_s": memory("ours", "gpu_mb"),
+                "monai_s": memory("monai", "gpu_mb"),
+                "check": "torch.cuda.max_memory_allocated, each side in its own process",
                 "unit": "MB",
             }
         )
@@ -350,7 +363,7 @@ def main() -> None:
         rows = bench_search_step(3, 1, args.device, args.amp, patch=96, filters=16, sides=("ours",))
     else:
         rows = [bench_decode(50), bench_topology(100 if not args.quick else 20)]
-        rows += bench_search_step(3 if args.quick else 5, 3, args.device, args.amp)
+        rows += bench_search_step(4 if args.quick else 12, 3, args.device, args.amp)
         rows.append(bench_memory(6 if args.quick else 30, 64, 8))
     table = Table(title="nastk vs MONAI 1.6 DiNTS, same machine, same run")
     for col in ("what", "ours", "MONAI", "ours / MONAI", "notes"):
