@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nastk_dints import kernels
 from nastk_dints.kernels import InstanceNorm, KernelConv
 
 KERNELS = [(3, 3, 3), (3, 3, 1), (3, 1, 3), (1, 3, 3)]
@@ -15,11 +16,30 @@ def _reference(x, kernels):
     return torch.cat([F.conv3d(x, w, padding=[k // 2 for k in w.shape[2:]]) for w in kernels], dim=1)
 
 
-# batch 1 with >= 8 voxels per channel takes the oneDNN formulas; the others PyTorch's kernels
+@pytest.fixture(params=["onednn", "pytorch"])
+def conv_path(request, monkeypatch):
+    """Batch-1 float32 CPU convs through oneDNN's formulas or PyTorch's kernels, whatever their size."""
+    monkeypatch.setattr(kernels, "ONEDNN_MIN_UNFOLDED", 0 if request.param == "onednn" else 2**62)
+    calls = []
+    original = kernels._mkldnn_conv
+    monkeypatch.setattr(kernels, "_mkldnn_conv", lambda *a: calls.append(1) or original(*a))
+    return request.param, calls
+
+
+def test_onednn_only_for_batch_1_float32_with_a_large_unfolded_input():
+    big, small = torch.empty(1, 16, 16, 16, 16), torch.empty(1, 32, 8, 8, 8)
+    assert kernels._use_mkldnn(big, torch.empty(16, 16, 1, 1, 3))  # 3 x 16 x 16^3 = 196,608 >= 160,000
+    assert not kernels._use_mkldnn(small, torch.empty(32, 32, 1, 1, 3))  # 3 x 32 x 8^3 = 49,152
+    assert kernels._use_mkldnn(small, torch.empty(32, 32, 3, 3, 3))  # 27 x 32 x 8^3 = 442,368
+    assert not kernels._use_mkldnn(big.expand(2, -1, -1, -1, -1), torch.empty(16, 16, 3, 3, 3))
+    assert not kernels._use_mkldnn(big.bfloat16(), torch.empty(16, 16, 3, 3, 3))
+    assert not kernels._use_mkldnn(torch.empty(1, 16, 32, 32, 32), torch.empty(8, 16, 1, 1, 1))  # a GEMM
+
+
 @pytest.mark.parametrize("shape", [(1, 4, 8, 6, 5), (2, 4, 8, 6, 5), (1, 8, 3, 3, 2)])
 @pytest.mark.parametrize("stacked", [False, True])
 @pytest.mark.parametrize("frozen", [False, True])
-def test_kernel_conv_matches_conv3d(shape, stacked, frozen):
+def test_kernel_conv_matches_conv3d(shape, stacked, frozen, conv_path):
     torch.manual_seed(0)
     c = shape[1]
     kernels = [torch.randn(c, c, *k, requires_grad=not frozen) for k in (KERNELS if stacked else [(1, 3, 3)])]
@@ -33,6 +53,8 @@ def test_kernel_conv_matches_conv3d(shape, stacked, frozen):
     for a, b in zip(ours, theirs):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    path, calls = conv_path
+    assert bool(calls) == (path == "onednn" and shape[0] == 1)  # the formulas meant were the ones tested
 
 
 def test_kernel_conv_on_meta_and_under_cpu_autocast():
@@ -64,7 +86,7 @@ def test_instance_norm_is_pytorchs():
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_kernel_conv_channels_last(batch):
+def test_kernel_conv_channels_last(batch, conv_path):
     torch.manual_seed(0)
     x = torch.randn(batch, 4, 8, 6, 5).to(memory_format=torch.channels_last_3d).requires_grad_()
     kernels = [torch.randn(4, 4, *k, requires_grad=True) for k in KERNELS]

@@ -60,12 +60,15 @@ def test_supernet_weights_edges_by_marginals(paper_ops):
 
 
 @pytest.mark.parametrize("source,target", [(1, 1), (0, 1), (2, 1)])
-@pytest.mark.parametrize("batch", [1, 2])  # batch 1 on CPU takes the oneDNN formulas of nastk_dints.fused
+@pytest.mark.parametrize(
+    "batch", [1, 2]
+)  # batch 1 on CPU: oneDNN's formulas (forced below), batch 2 PyTorch's
 @pytest.mark.parametrize("frozen", [False, True])  # weights frozen: the architecture step
 def test_fused_cell_equals_ops_one_by_one(paper_ops, monkeypatch, source, target, batch, frozen):
     """One shared ReLU, one stacked first conv and one InstanceNorm give the op-by-op result."""
-    from nastk_dints import space
+    from nastk_dints import kernels, space
 
+    monkeypatch.setattr(kernels, "ONEDNN_MIN_UNFOLDED", 0)  # these tiny convs would not take oneDNN
     calls = []
     monkeypatch.setattr(space, "fused_ops", lambda *a: calls.append(1) or fused.fused_ops(*a))
     cell = space.MixedCell(source, target, 2, paper_ops)

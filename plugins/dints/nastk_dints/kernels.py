@@ -3,7 +3,7 @@
 :class:`KernelConv` convolves with one kernel, or several zero-padded to 3x3x3 and stacked on the
 output channels (the fused supernet cells, :mod:`nastk_dints.fused`). It saves the kernels, never
 the stack, and the input only when kernel gradients are needed. On CPU it takes oneDNN for batch-1
-inputs that PyTorch would send to its slower unfold-and-GEMM kernel.
+inputs that PyTorch would send to its unfold-and-GEMM kernel, where oneDNN is the faster of the two.
 """
 
 from __future__ import annotations
@@ -43,16 +43,25 @@ def _stack(kernels: tuple[torch.Tensor, ...], dtype: torch.dtype) -> tuple[torch
     return torch.cat(padded).to(dtype), [1, 1, 1]
 
 
-def _use_mkldnn(x: torch.Tensor) -> bool:
-    # PyTorch sends a batch-1 float32 CPU conv3d with fewer than 20480 N*C*D*H elements to its
-    # unfold-and-GEMM kernel, 2-5 times slower here than oneDNN's where the conv has at least 8
-    # voxels per channel (bench/run.py's search step is such a case); below that the two are even
-    # or the GEMM wins. Larger inputs and batches already get oneDNN.
+# PyTorch sends a batch-1 float32 CPU conv3d with fewer than 20480 N*C*D*H elements to its
+# unfold-and-GEMM kernel. That kernel's cost grows with the unfolded input (kernel taps x input
+# channels x voxels), oneDNN's has a larger fixed part: measured per conv, forward + backward, oneDNN
+# won from about this size up (16 channels at 16^3 with 3 taps: 0.56 vs 0.77 ms; 16 channels at 16^3
+# with 27 taps: 1.2 vs 5.9 ms) and lost below it (32 channels at 8^3 with 3 taps: 0.47 vs 0.28 ms;
+# 64 channels at 4^3 with 27 taps: 0.67 vs 0.59 ms), on a 2-core x86_64 VM. A 1x1x1 kernel needs no
+# unfolding, PyTorch's kernel is one GEMM, and oneDNN's kernel-gradient formula below (a conv whose
+# kernel is the whole volume) is far slower (16 -> 8 channels at 32^3: 6.2 vs 1.8 ms), so those never
+# take oneDNN.
+ONEDNN_MIN_UNFOLDED = 160_000
+
+
+def _use_mkldnn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and x.shape[0] == 1
-        and x[0, 0].numel() >= 8 * x.shape[1]
+        and 1 < weight[0, 0].numel()
+        and weight[0, 0].numel() * x[0].numel() >= ONEDNN_MIN_UNFOLDED
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
     )
@@ -102,7 +111,7 @@ class KernelConv(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(device) if amp else x.dtype
         x = x.to(dtype)
         weight, padding = _stack(kernels, dtype)
-        ctx.mkldnn = _use_mkldnn(x)
+        ctx.mkldnn = _use_mkldnn(x, weight)
         with torch.autocast(device, enabled=False) if amp else contextlib.nullcontext():
             out = _mkldnn_conv(x, weight, padding) if ctx.mkldnn else F.conv3d(x, weight, padding=padding)
         need_weight = any(ctx.needs_input_grad[1:])
@@ -134,6 +143,6 @@ class KernelConv(torch.autograd.Function):
 def same_conv3d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.conv3d(x, weight, padding=k // 2)`` for odd kernels; through :class:`KernelConv` where
     that takes oneDNN, else directly (an autograd.Function costs tens of microseconds a call)."""
-    if _use_mkldnn(x):
+    if _use_mkldnn(x, weight):
         return KernelConv.apply(x, weight)
     return F.conv3d(x, weight, padding=[k // 2 for k in weight.shape[2:]])
