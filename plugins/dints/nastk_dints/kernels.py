@@ -9,6 +9,7 @@ inputs that PyTorch would send to its unfold-and-GEMM kernel, where oneDNN is th
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -56,12 +57,13 @@ ONEDNN_MIN_UNFOLDED = 160_000
 
 
 def _use_mkldnn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    taps = math.prod(weight.shape[2:])  # shapes, not tensor indexing: this runs for every conv
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and x.shape[0] == 1
-        and 1 < weight[0, 0].numel()
-        and weight[0, 0].numel() * x[0].numel() >= ONEDNN_MIN_UNFOLDED
+        and 1 < taps
+        and taps * math.prod(x.shape[1:]) >= ONEDNN_MIN_UNFOLDED
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
     )

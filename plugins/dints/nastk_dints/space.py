@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -76,7 +77,7 @@ class MixedCell(nn.Module):
         # Fusing pays where the convs are bound by their voxels. Where they are bound by their weights
         # (few voxels, many channels: the coarse depths) the stacked 3x3x3 kernel triples the P3D
         # ops' first convs for nothing, so those cells run op by op.
-        fused = self._fused if self.fuse and x[0, 0].numel() >= 8 * x.shape[1] else []
+        fused = self._fused if self.fuse and math.prod(x.shape[2:]) >= 8 * x.shape[1] else []
         out = fused_ops([modules[n] for n in fused], x, alpha[fused]) if fused else None
         for n in self._single if fused else range(len(modules)):
             y = modules[n](x) * alpha[n]
