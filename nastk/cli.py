@@ -220,6 +220,10 @@ def _run_options(out_path: Path, **kw) -> object:
 
 AmpOption = Annotated[str, typer.Option(help="Mixed precision: off, bf16 or fp16 (with a grad scaler).")]
 DeviceOption = Annotated[str | None, typer.Option(help="cpu or cuda (default: whatever is available).")]
+CompileOption = typer.Option(
+    "--compile",
+    help="torch.compile the training network (mainly for GPUs: the first steps spend minutes compiling).",
+)
 
 
 @app.command()
@@ -236,6 +240,7 @@ def search(
     checkpoint_cells: Annotated[
         bool, typer.Option(help="Recompute cells in backward to save memory.")
     ] = False,
+    compile_net: Annotated[bool, CompileOption] = False,
     deterministic: Annotated[
         bool, typer.Option(help="Deterministic algorithms (same spec, same result).")
     ] = False,
@@ -259,6 +264,7 @@ def search(
         amp=amp,
         channels_last=channels_last,
         checkpoint_cells=checkpoint_cells,
+        compile=compile_net,
         deterministic=deterministic,
         workers=workers,
     )
@@ -278,6 +284,7 @@ def retrain(
     device: DeviceOption = None,
     amp: AmpOption = "off",
     channels_last: Annotated[bool, typer.Option(help="channels_last_3d memory format.")] = False,
+    compile_net: Annotated[bool, CompileOption] = False,
     deterministic: Annotated[
         bool, typer.Option(help="Deterministic algorithms (same spec, same result).")
     ] = False,
@@ -301,6 +308,7 @@ def retrain(
         device=device,
         amp=amp,
         channels_last=channels_last,
+        compile=compile_net,
         deterministic=deterministic,
         workers=workers,
     )

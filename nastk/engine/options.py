@@ -15,5 +15,6 @@ class RunOptions:
     amp: str = "off"  # "off" | "bf16" | "fp16"
     channels_last: bool = False
     checkpoint_cells: bool = False
+    compile: bool = False  # torch.compile the training forward (mainly for GPUs)
     deterministic: bool = False
     workers: int | None = None  # data-loader workers (default: dataset.num_workers)

@@ -190,6 +190,8 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
     if start >= total:
         return out
     model = dd.wrap(net, dist)
+    if opts.compile:  # checkpoints and validation keep using the eager `net`
+        model = torch.compile(model)
     log = val_log = None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -169,6 +169,9 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
     # it back. DDP registers only the parameters that require grad when it wraps the model: the weights.
     set_requires_grad(arch_params, False)
     model = dd.wrap(net, dist)
+    arch_forward = net  # not through DDP: it manages the weights
+    if opts.compile:  # one graph per step kind; checkpoints keep using the eager `net`
+        model, arch_forward = torch.compile(model), torch.compile(net)
     total = total_iterations(s)
     joint_start = s.warmup_iters + s.weight_iters
     log = None
@@ -238,7 +241,7 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
                 set_requires_grad(weights, False)
                 set_requires_grad(arch_params, True)
                 with autocast(dist.device, opts.amp):
-                    l_seg2 = seg.fn(net(x2).float(), y2)  # not through DDP: it manages the weights
+                    l_seg2 = seg.fn(arch_forward(x2).float(), y2)
                 terms = {a.name: a.fn(net) for a in arch_losses}
                 check_finite({"L_seg (arch)": l_seg2, **terms}, it)
                 t = it - joint_start + 1
