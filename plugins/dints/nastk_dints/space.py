@@ -69,6 +69,9 @@ class MixedCell(nn.Module):
         stackable = [n for n, op in enumerate(modules) if fusable(op, channels)]
         self._fused = stackable if len(stackable) > 1 else []
         self._single = [n for n in range(len(modules)) if n not in self._fused]
+        # Their weights as a view of alpha where the fused ops are adjacent (the DiNTS ops are).
+        adjacent = self._fused and self._fused == list(range(self._fused[0], self._fused[-1] + 1))
+        self._fused_weights = slice(self._fused[0], self._fused[-1] + 1) if adjacent else self._fused
         self.fuse = True
 
     def forward(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -78,10 +81,10 @@ class MixedCell(nn.Module):
         # (few voxels, many channels: the coarse depths) the stacked 3x3x3 kernel triples the P3D
         # ops' first convs for nothing, so those cells run op by op.
         fused = self._fused if self.fuse and math.prod(x.shape[2:]) >= 8 * x.shape[1] else []
-        out = fused_ops([modules[n] for n in fused], x, alpha[fused]) if fused else None
+        out = fused_ops([modules[n] for n in fused], x, alpha[self._fused_weights]) if fused else None
         for n in self._single if fused else range(len(modules)):
-            y = modules[n](x) * alpha[n]
-            out = y if out is None else out + y
+            y = modules[n](x)
+            out = y * alpha[n] if out is None else torch.addcmul(out, y, alpha[n])
         return out
 
 
