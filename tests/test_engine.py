@@ -386,6 +386,7 @@ def test_cell_checkpointing_gives_the_same_gradients(paper_ops):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inductor
 def test_compiled_retrain_matches_eager(searched, tmp_path, monkeypatch):
     """--compile trains the same network: the same losses step by step, the same checkpoint keys (no
     torch.compile prefix) and the same weights, to float tolerance."""
