@@ -60,9 +60,8 @@ def test_supernet_weights_edges_by_marginals(paper_ops):
 
 
 @pytest.mark.parametrize("source,target", [(1, 1), (0, 1), (2, 1)])
-@pytest.mark.parametrize(
-    "batch", [1, 2]
-)  # batch 1 on CPU: oneDNN's formulas (forced below), batch 2 PyTorch's
+# batch 1 on CPU: oneDNN's formulas (forced below), batch 2 PyTorch's
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("frozen", [False, True])  # weights frozen: the architecture step
 def test_fused_cell_equals_ops_one_by_one(paper_ops, monkeypatch, source, target, batch, frozen):
     """One shared ReLU, one stacked first conv and one InstanceNorm give the op-by-op result."""
