@@ -56,16 +56,17 @@ def fusable(op: nn.Module, channels: int) -> bool:
 
 def fused_ops(ops: list[ActConvNorm], x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """sum_k alpha_k op_k(x) for fusable ops (see the module docstring)."""
-    h = KernelConv.apply(torch.relu(x), *[op.convs[0].weight for op in ops])
-    if any(len(op.convs) > 1 for op in ops):
-        chunks = list(h.split([op.convs[0].out_channels for op in ops], dim=1))
-        for k, op in enumerate(ops):
-            for conv in op.convs[1:]:
+    convs = [op.convs for op in ops]  # a property that scans the op's layers: read it once per op
+    h = KernelConv.apply(torch.relu(x), *[cs[0].weight for cs in convs])
+    if any(len(cs) > 1 for cs in convs):
+        chunks = list(h.split([cs[0].out_channels for cs in convs], dim=1))
+        for k, cs in enumerate(convs):
+            for conv in cs[1:]:
                 chunks[k] = same_conv3d(chunks[k], conv.weight)
         h = torch.cat(chunks, dim=1)
     norms = [op.norm for op in ops]
     # InstanceNorm of every stacked channel, as a GroupNorm with one group per channel (see kernels.py)
     weight, bias = torch.cat([n.weight for n in norms]), torch.cat([n.bias for n in norms])
     h = F.group_norm(h, h.shape[1], weight, bias, _EPS)
-    b, c = h.shape[0], ops[0].convs[0].out_channels
+    b, c = h.shape[0], convs[0][0].out_channels
     return torch.einsum("bnc...,n->bc...", h.view(b, len(ops), c, *h.shape[2:]), alpha.to(h.dtype))
