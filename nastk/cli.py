@@ -17,6 +17,7 @@ from rich.table import Table
 
 from nastk import registry
 from nastk.errors import DataError, NastkError, SpecError
+from nastk.protocols import RanksArchitectures
 
 app = typer.Typer(
     add_completion=False,
@@ -29,12 +30,22 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
+def _load_spec(path: Path):
+    """Load and validate a spec; print what it warns about on stderr (e.g. a budget that never binds)."""
+    from nastk.spec import load_spec
+
+    resolved = load_spec(path)
+    for field, message in resolved.warnings:
+        err.print(f"warning: {path}: {field}: {message}", markup=False, highlight=False, soft_wrap=True)
+    return resolved
+
+
 @app.command()
 def validate(spec: Annotated[Path, typer.Argument(help="Spec YAML file.")]) -> None:
     """Validate a spec and print it resolved, with every default filled in."""
-    from nastk.spec import dump_spec, load_spec
+    from nastk.spec import dump_spec
 
-    resolved = load_spec(spec)
+    resolved = _load_spec(spec)
     out.print(f"[green]valid[/green]: {spec}", highlight=False)
     out.print(dump_spec(resolved), markup=False, highlight=False, end="")
 
@@ -88,16 +99,36 @@ def decode(
         str | None, typer.Option(help="Registered discretizer (default: the spec's).")
     ] = None,
     picture: Annotated[bool, typer.Option(help="Also write a picture next to arch.json.")] = True,
+    budget_gb: Annotated[
+        float | None,
+        typer.Option(
+            help="Per-GPU memory budget in GB at the spec's retraining setting: the best architecture whose "
+            "estimated training memory fits it (default: the spec's memory budget_gb, if any)."
+        ),
+    ] = None,
+    top_k: Annotated[
+        int,
+        typer.Option(help="Write the K best distinct architectures to arch_top/ with a table (K >= 2)."),
+    ] = 1,
     memory: Annotated[
-        bool, typer.Option(help="Estimate activation memory at the spec's retraining setting.")
+        bool, typer.Option(help="Print the estimated training memory at the spec's retraining setting.")
     ] = False,
-    batch: Annotated[int, typer.Option(help="Per-GPU batch for --memory (paper retraining: 2).")] = 2,
+    batch: Annotated[
+        int | None, typer.Option(help="Per-GPU batch for the estimate (default: the spec's).")
+    ] = None,
 ) -> None:
     """Discretize searched parameters into a feasible architecture (arch.json + arch.png)."""
+    from nastk.setting import spec_budget
     from nastk.spec import load_spec, validate
 
     if (run is None) == (params is None):
         raise DataError("give either a RUN directory or --params FILE.npz")
+    if budget_gb is not None and not (budget_gb > 0 and budget_gb != float("inf")):
+        raise DataError(f"--budget-gb: {budget_gb:g} is not a positive number of GB")
+    if top_k < 1:
+        raise DataError(f"--top-k: {top_k} must be at least 1")
+    if batch is not None and batch < 1:
+        raise DataError(f"--batch: {batch} must be at least 1")
     if run is not None:
         spec_path = run / "spec.yaml"
         spec = load_spec(spec_path) if spec_path.exists() else validate({}, "<defaults>")
@@ -116,46 +147,80 @@ def decode(
     space_params = dict(spec.space.params)
     space_params.update(layers=int(arrays["edge_logits"].shape[0]))
     disc = registry.load("discretizers", discretizer or spec.discretizer.name)
+    budget = spec_budget(spec, budget_gb, batch)
+    if (budget is not None or top_k > 1) and not isinstance(disc, RanksArchitectures):
+        raise DataError(
+            f"discretizer {discretizer or spec.discretizer.name!r} cannot decode under a budget or rank"
+        )
     try:
-        arch = disc(arrays, space_params, op_names)
+        if top_k > 1 or budget is not None:
+            archs = disc.top_k(arrays, space_params, op_names, top_k, budget=budget)
+        else:
+            archs = [disc(arrays, space_params, op_names)]
     except ValueError as exc:
         raise DataError(f"{params}: {exc}") from None
+    arch = archs[0]
     arch.save(out_path)
     out.print(arch.summary(), markup=False, highlight=False)
+    if budget is not None:
+        out.print(
+            f"budget {budget.gb:g} GB at {budget.setting.describe()}: estimated "
+            f"{arch.extra['memory']['estimated_gb']:.2f} GB",
+            highlight=False,
+        )
     out.print(f"wrote {out_path}", highlight=False)
     if picture and hasattr(arch, "draw"):
         png = arch.draw(out_path.with_suffix(".png"))
         out.print(f"wrote {png}", highlight=False)
+    if top_k > 1:
+        _write_top_k(spec, archs, out_path.parent / "arch_top", budget, picture)
+        if len(archs) < top_k:
+            out.print(f"only {len(archs)} distinct feasible architectures exist (--top-k {top_k})")
     if memory:
         _print_memory(spec, arch, batch)
 
 
-def _print_memory(spec, arch, batch: int) -> None:
-    space = registry.load("spaces", spec.space.name)
-    if not hasattr(space, "estimate_memory"):
+def _write_top_k(spec, archs, folder: Path, budget, picture: bool) -> None:
+    import pandas as pd
+
+    from nastk.io import atomic_write_text
+    from nastk.netstats import architecture_stats
+
+    rows = []
+    for rank, arch in enumerate(archs, 1):
+        path = arch.save(folder / f"arch_{rank}.json")
+        if picture and hasattr(arch, "draw"):
+            arch.draw(path.with_suffix(".png"))
+        rows.append({"rank": rank, "arch": path.name, **architecture_stats(spec, arch, budget)})
+    table = pd.DataFrame(rows)
+    atomic_write_text(folder / "architectures.csv", table.to_csv(index=False, float_format="%.6g"))
+    out.print(table.to_string(index=False, float_format=lambda v: f"{v:,.3f}"), highlight=False)
+    out.print(f"wrote {len(archs)} architectures and architectures.csv to {folder}", highlight=False)
+
+
+def _print_memory(spec, arch, batch: int | None) -> None:
+    from nastk.netstats import training_memory
+    from nastk.setting import MemoryBudget, retrain_setting, spec_budget
+
+    setting = retrain_setting(spec, batch)
+    budget = spec_budget(spec, batch_size=batch) or MemoryBudget(0.0, setting)
+    parts = training_memory(spec, arch, batch)
+    if parts is None:
         raise DataError(f"space {spec.space.name!r} cannot estimate memory")
-    ops = {name: registry.load("ops", name) for name in arch.op_names}
-    r = spec.retrain
-    parts = space.estimate_memory(
-        arch,
-        ops,
-        patch_size=r.patch_size,
-        batch_size=batch,
-        filter_multiplier=r.filter_multiplier,
-        in_channels=spec.dataset.in_channels,
-        num_classes=spec.dataset.num_classes,
-    )
-    out.print(
-        f"estimated activations saved for backward at retraining: patch {list(r.patch_size)}, "
-        f"batch {batch}, filters x{r.filter_multiplier:g}, float32",
-        highlight=False,
-    )
+    out.print(f"estimated training memory per GPU at retraining: {setting.describe()}", highlight=False)
     table = Table()
     table.add_column("part")
     table.add_column("MB", justify="right")
     for part, value in parts.items():
         table.add_row(part, f"{value / 2**20:,.0f}")
+    need = budget.required_gb(parts["total"])
+    table.add_row(
+        f"needs, with margin {budget.margin:.0%} + reserve {budget.reserve_gb:g} GB", f"{need * 1024:,.0f}"
+    )
     out.print(table)
+    if budget.gb:
+        verdict = "fits" if need <= budget.gb else "does NOT fit"
+        out.print(f"{need:.2f} GB {verdict} the budget of {budget.gb:g} GB", highlight=False)
 
 
 @app.command("import-arch")
@@ -250,11 +315,10 @@ def search(
 ) -> None:
     """Differentiable topology + cell search (Sec. 3.6), then decode to RUN/arch.json."""
     from nastk.engine.search import run_search
-    from nastk.spec import load_spec
 
     if amp not in ("off", "bf16", "fp16"):
         raise DataError(f"--amp: {amp!r} is not one of off, bf16, fp16")
-    resolved = load_spec(spec)
+    resolved = _load_spec(spec)
     run = out_path or Path("runs") / resolved.name
     opts = _run_options(
         run,
@@ -282,7 +346,10 @@ def retrain(
     resume: Annotated[bool, typer.Option(help="Continue from RUN/retrain/fold_K/checkpoint.pt.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")] = False,
     device: DeviceOption = None,
-    amp: AmpOption = "off",
+    amp: Annotated[
+        str | None,
+        typer.Option(help="Mixed precision: off, bf16 or fp16 (with a grad scaler); default: retrain.amp."),
+    ] = None,
     channels_last: Annotated[bool, typer.Option(help="channels_last_3d memory format.")] = False,
     compile_net: Annotated[bool, CompileOption] = False,
     deterministic: Annotated[
@@ -294,11 +361,11 @@ def retrain(
 ) -> None:
     """Retrain the discrete network of an arch.json on one fold or all (Sec. 4.1)."""
     from nastk.engine.retrain import load_architecture, parse_folds, run_retrain
-    from nastk.spec import load_spec
 
+    resolved = _load_spec(spec)
+    amp = amp or resolved.retrain.amp
     if amp not in ("off", "bf16", "fp16"):
         raise DataError(f"--amp: {amp!r} is not one of off, bf16, fp16")
-    resolved = load_spec(spec)
     load_architecture(resolved, arch)  # fail before writing anything
     parse_folds(fold, resolved.dataset.num_folds)
     opts = _run_options(

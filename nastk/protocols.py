@@ -76,3 +76,44 @@ class Discretizer(Protocol):
         """Returns an architecture with ``to_dict()``, ``save(path)`` and ``summary()``, and
         optionally ``draw(path)`` for a picture."""
         ...
+
+
+# Optional capabilities: an object has one when it has the method (checked with isinstance).
+
+
+@runtime_checkable
+class ChecksSpec(Protocol):
+    """A loss that checks its params against the rest of the spec at ``nastk validate``."""
+
+    def check_spec(self, spec: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(errors, warnings) as (field, message); a field without a dot is one of the loss's params."""
+        ...
+
+
+@runtime_checkable
+class NeedsSetting(Protocol):
+    """An architecture loss that needs the supernet and the retraining setting before the search."""
+
+    def bind(self, supernet: Any, setting: Any) -> None: ...
+
+
+@runtime_checkable
+class Diagnoses(Protocol):
+    """An architecture loss with numbers worth a column of ``search/log.csv``."""
+
+    def diagnostics(self, supernet: Any) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class RanksArchitectures(Protocol):
+    """A discretizer that returns the k best distinct architectures, optionally under a memory budget
+    (``nastk.setting.MemoryBudget``); ``nastk decode --top-k/--budget-gb`` need it."""
+
+    def top_k(
+        self,
+        arch_params: dict[str, np.ndarray],
+        space_params: dict[str, Any],
+        op_names: list[str],
+        k: int,
+        budget: Any = None,
+    ) -> list[Any]: ...

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from nastk import registry
 from nastk.errors import PluginError, SpecError
+from nastk.protocols import ChecksSpec
 
 Triple = tuple[int, int, int]
 
@@ -119,6 +120,17 @@ class RetrainSpec(_Section):
     patch_size: Triple = Field((96, 96, 96), description="Paper: 96^3; Prostate 96x96x32; Hippocampus 32^3.")
     filter_multiplier: float = Field(2.0, gt=0, description="Filters x this vs search (paper: x2).")
     batch_multiplier: int = Field(2, ge=1, description="Batch x this vs search (paper: x2).")
+    gpus: int = Field(
+        8,
+        ge=1,
+        description="GPUs the retraining batch is split over (paper: 8, so 2 patches per GPU); "
+        "memory budgets and estimates are per GPU.",
+    )
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off",
+        description="Mixed precision of retraining (paper: off); `nastk retrain --amp` overrides it. "
+        "Memory budgets and estimates assume this.",
+    )
     warmup_iters: int = Field(1000, ge=0, description="Paper: 1k.")
     iters: int = Field(40000, ge=1, description="Iterations after warm-up (paper: 40k).")
     milestones: list[int] = Field([8000, 16000, 24000, 32000], description="Paper: [8k, 16k, 24k, 32k].")
@@ -164,6 +176,12 @@ class Spec(_Section):
     search: SearchSpec = Field(default_factory=SearchSpec)
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     inference: InferenceSpec = Field(default_factory=InferenceSpec)
+    # (field, message) pairs that do not make the spec invalid but that a user should see.
+    _warnings: list[tuple[str, str]] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[tuple[str, str]]:
+        return self._warnings
 
     @model_validator(mode="after")
     def _distinct_ops(self) -> Spec:
@@ -241,25 +259,52 @@ def _space_problems(spec: Spec) -> list[tuple[str, str]]:
     return problems
 
 
-def _loss_problems(spec: Spec) -> list[tuple[str, str]]:
-    """Build each loss once with its params, and require exactly one segmentation loss."""
+def _loss_problems(spec: Spec, cross_check: bool) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Build each loss once with its params, and require exactly one segmentation loss.
+
+    A loss factory with a pydantic ``Params`` model gets its params checked field by field; a built
+    loss with ``check_spec(spec) -> (errors, warnings)`` checks itself against the rest of the spec.
+    Returns (problems, warnings).
+    """
     problems: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
     n_seg = 0
     for i, item in enumerate(spec.losses):
+        where = f"losses[{i}].params"
         try:
             factory = registry.load("losses", item.name)
         except PluginError as exc:
             problems.append((f"losses[{i}].name", str(exc)))
             continue
+        params_model = getattr(factory, "Params", None)
+        if isinstance(params_model, type) and issubclass(params_model, BaseModel):
+            try:
+                params_model.model_validate(item.params)
+            except ValidationError as exc:
+                problems += [
+                    (_loc((where, *e["loc"])), e["msg"].removeprefix("Value error, ")) for e in exc.errors()
+                ]
+                continue
         try:
             loss = factory(**item.params)
         except (TypeError, ValueError) as exc:
-            problems.append((f"losses[{i}].params", f"{item.name}: {exc}"))
+            problems.append((where, f"{item.name}: {exc}"))
             continue
         n_seg += getattr(loss, "kind", None) == "segmentation"
+        if cross_check and isinstance(loss, ChecksSpec):
+            errors, notes = loss.check_spec(spec)
+            problems += [(_field(where, f), m) for f, m in errors]
+            warnings += [(_field(where, f), m) for f, m in notes]
     if not problems and n_seg != 1:
         problems.append(("losses", f"needs exactly one segmentation loss (e.g. dice_ce), found {n_seg}"))
-    return problems
+    return problems, warnings
+
+
+def _field(params_path: str, field: str) -> str:
+    """A loss's own field (relative to its params) or a spec field given in full (``retrain.gpus``)."""
+    if not field:
+        return params_path
+    return field if "." in field else f"{params_path}.{field}"
 
 
 def validate(data: Any, file: str = "<spec>") -> Spec:
@@ -275,10 +320,14 @@ def validate(data: Any, file: str = "<spec>") -> Spec:
     problems = _plugin_problems(spec) + _augment_problems(spec)
     if not any(f == "space.name" for f, _ in problems):
         problems += _space_problems(spec)
+    warnings: list[tuple[str, str]] = []
     if not any(f.startswith("losses") for f, _ in problems):
-        problems += _loss_problems(spec)
+        # A loss checks itself against the spec only once the rest of the spec is sound.
+        loss_problems, warnings = _loss_problems(spec, cross_check=not problems)
+        problems += loss_problems
     if problems:
         raise SpecError(file, problems)
+    spec._warnings = warnings
     if spec.name is None:
         spec.name = Path(file).stem if file != "<spec>" else "run"
     return spec

@@ -15,6 +15,7 @@ architecture gradients are averaged over ranks explicitly.
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,8 @@ from nastk.engine.schedule import lr_lambda
 from nastk.errors import DataError, NastkError
 from nastk.io import atomic_write_bytes, atomic_write_text
 from nastk.objective import arch_objective, build_losses
+from nastk.protocols import Diagnoses, NeedsSetting
+from nastk.setting import retrain_setting, spec_budget, uses_gb_budget
 from nastk.spec import Spec, dump_spec
 
 
@@ -86,7 +89,11 @@ def decode_run(spec: Spec, run: Path, quiet: bool = False):
     disc = registry.load("discretizers", spec.discretizer.name)
     with np.load(run / "search" / "arch_params.npz") as data:
         arrays = {k: data[k] for k in data.files}
-    arch = disc(arrays, dict(spec.space.params), list(spec.ops))
+    budget = spec_budget(spec)
+    if budget is None:  # discretizers need not know budgets
+        arch = disc(arrays, dict(spec.space.params), list(spec.ops))
+    else:
+        arch = disc(arrays, dict(spec.space.params), list(spec.ops), budget=budget)
     arch.save(run / "arch.json")
     if hasattr(arch, "draw"):
         arch.draw(run / "arch.png")
@@ -148,6 +155,16 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
     )
     scaler_w, scaler_a = make_scaler(dist.device, opts.amp), make_scaler(dist.device, opts.amp)
     seg, arch_losses = build_losses(spec.losses)
+    setting = retrain_setting(spec)
+    for a in arch_losses:
+        if isinstance(a.fn, NeedsSetting):  # e.g. a memory budget in GB at the retraining setting
+            a.fn.bind(net, setting)
+    if dist.is_main and dist.world_size != spec.retrain.gpus and uses_gb_budget(spec):
+        print(
+            f"note: the memory budget assumes retraining on retrain.gpus = {spec.retrain.gpus} GPUs "
+            f"({setting.batch_size} patches each); this search runs on {dist.world_size}",
+            file=sys.stderr,
+        )
 
     start = 0
     if opts.resume:
@@ -263,6 +280,9 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
                         terms = {a.name: a.fn(net) for a in arch_losses}
                 row.update({f"L_{k}": float(v.detach()) for k, v in terms.items()})
                 row.update(net.diagnostics() if hasattr(net, "diagnostics") else {})
+                for a in arch_losses:
+                    if isinstance(a.fn, Diagnoses):
+                        row.update(a.fn.diagnostics(net))
                 row["train_dice"] = hard_dice(logits.detach(), y1, spec.dataset.num_classes)
                 if dist.device.type == "cuda":
                     row["peak_mem_mb"] = torch.cuda.max_memory_allocated(dist.device) / 2**20

@@ -15,13 +15,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from nastk.protocols import CellOp
-from nastk_dints import memory
+from nastk.setting import TrainingSetting
 from nastk_dints import relaxation as rx
 from nastk_dints.architecture import Architecture
-from nastk_dints.blocks import Head, HeadOut, HeadUp, Stem, depth_channels, resample, scale_channels
+from nastk_dints.blocks import Head, Stem, depth_channels, resample
+from nastk_dints.budget import MemoryModel, memory_model
 from nastk_dints.discretize import gap
 from nastk_dints.fused import fusable, fused_ops
-from nastk_dints.losses import expected_memory, full_memory
+from nastk_dints.losses import memory_ratio
 from nastk_dints.topology import edge_list, topology
 
 
@@ -117,6 +118,7 @@ class Supernet(nn.Module):
         self.params = params
         self.op_names = list(ops)
         self.patch_size = tuple(patch_size)
+        self.in_channels, self.num_classes = in_channels, num_classes
         self.topology = topology(params.depths)
         self.edges = edge_list(params.depths)
         f, depth, n_layers = params.filters, params.depths, params.layers
@@ -129,7 +131,6 @@ class Supernet(nn.Module):
         self.op_logits = nn.Parameter(torch.randn(n_layers, len(self.edges), len(ops)) * 0.01 + 1.0)
         self.edge_logits = nn.Parameter(torch.randn(n_layers, len(self.edges)) * 0.01)
         self._ops = ops
-        self._memory: dict[torch.dtype, tuple[np.ndarray, np.ndarray]] = {}
         self.checkpoint_cells = False
 
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -165,48 +166,29 @@ class Supernet(nn.Module):
 
     @torch.no_grad()
     def diagnostics(self) -> dict[str, float]:
-        """Logged during search: M_e/M_a (Eq. 8-9) and the gap G of Sec. 4.4.2."""
+        """Logged during search: M_e/M_a (Eq. 8-9, at the search setting) and the gap G of Sec. 4.4.2."""
         resample_cost, op_cost = self.memory_costs()
-        m_e = expected_memory(self.edge_logits, self.op_logits, resample_cost, op_cost)
-        m_a = full_memory(self.params.layers, resample_cost, op_cost)
-        return {"memory_ratio": float(m_e / m_a), "gap": float(gap(self.edge_logits))}
+        ratio = memory_ratio(self.edge_logits, self.op_logits, resample_cost, op_cost)
+        return {"memory_ratio": float(ratio), "gap": float(gap(self.edge_logits))}
 
-    def memory_costs(self, dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
-        """(resample cost [E], op cost [E, N]) in bytes for one sample at ``patch_size``."""
-        if dtype not in self._memory:
-            self._memory[dtype] = edge_memory_costs(
-                self.params.depths, self.params.filters, self._ops, self.patch_size, dtype
-            )
-        return self._memory[dtype]
+    def search_setting(self) -> TrainingSetting:
+        """One sample at the search patch and filters, float32: the setting of the paper's M_n."""
+        return TrainingSetting(self.patch_size, 1, 1.0, "off", self.in_channels, self.num_classes)
+
+    def memory_model(self, setting: TrainingSetting) -> MemoryModel:
+        return memory_model(self.params.depths, self.params.filters, self._ops, setting)
+
+    def memory_costs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(resample cost [E], op cost [E, N]): activation bytes saved for backward by one sample at
+        the search patch (the paper's M_n)."""
+        acts = self.memory_model(self.search_setting()).activations
+        return acts.resample, acts.op
 
     def arch_parameters_numpy(self) -> dict[str, np.ndarray]:
         return {
             "edge_logits": self.edge_logits.detach().cpu().numpy(),
             "op_logits": self.op_logits.detach().cpu().numpy(),
         }
-
-
-def edge_memory_costs(
-    depths: int, filters: float, ops: dict[str, CellOp], patch_size, dtype=torch.float32
-) -> tuple[np.ndarray, np.ndarray]:
-    """Measured saved bytes per sample: resampling of each edge [E] and each op on each edge [E, N]."""
-    edges = edge_list(depths)
-    patch = np.asarray(patch_size)
-    res = np.zeros(len(edges))
-    op_cost = np.zeros((len(edges), len(ops)))
-    for e, (s, t) in enumerate(edges):
-        voxels = int(np.prod(patch // 2 ** (t + 1)))
-        c_in, c_out = depth_channels(filters, s), depth_channels(filters, t)
-        if s != t:
-            key = ("resample", s - t, c_in, c_out)
-            res[e] = memory.cost_per_sample(
-                key, lambda s=s, t=t: resample(s, t, filters), c_in, voxels, 2.0 ** (t - s), dtype
-            )
-        for n, (name, build) in enumerate(ops.items()):
-            op_cost[e, n] = memory.cost_per_sample(
-                ("op", name, c_out), lambda b=build, c=c_out: b(c), c_out, voxels, 1.0, dtype
-            )
-    return res, op_cost
 
 
 class DiNTSNetwork(nn.Module):
@@ -311,66 +293,25 @@ def estimate_training_memory(
     filter_multiplier: float = 1.0,
     in_channels: int = 1,
     num_classes: int = 2,
-    dtype: torch.dtype = torch.float32,
+    amp: str = "off",
+    state_bytes_per_param: int = 12,
 ) -> dict[str, float]:
-    """Bytes the discrete network saves for backward at a training setting, by part.
+    """Bytes one GPU holds to train the discrete network at a setting, by part.
 
-    Sums measured per-module costs (``memory.cost_per_sample``) over the stems, the selected
-    cells (resampling + op) and the head. Returns {"stem", "cells", "head", "total"} in bytes.
+    {"stem", "cells", "head"}: activations saved for backward (measured per module,
+    ``memory.cost_per_sample``), summing to "activations"; "parameters": weights, gradients and
+    optimiser state (``state_bytes_per_param`` per parameter: 12 for SGD with momentum);
+    "total" = activations + parameters. No margin is added (``nastk.setting.MemoryBudget`` does).
     """
     base = filters if filters is not None else arch.space.get("params", {}).get("filters", 16)
-    f = base * filter_multiplier
-    patch = np.asarray(patch_size)
-
-    def voxels(scale: int) -> int:
-        return int(np.prod(patch // 2**scale))
-
-    stem = sum(
-        memory.cost_per_sample(
-            ("stem", in_channels, f, d),
-            lambda d=d: Stem(in_channels, f, d),
-            in_channels,
-            voxels(d + 1),
-            2.0 ** (d + 1),
-            dtype,
-        )
-        for d in arch.input_depths
+    setting = TrainingSetting(
+        tuple(int(p) for p in patch_size),
+        batch_size,
+        filter_multiplier,
+        amp,
+        in_channels,
+        num_classes,
+        state_bytes_per_param,
     )
-    # Each stem saves the input image; in the network they share that one tensor.
-    image = in_channels * voxels(0) * torch.empty((), dtype=dtype).element_size()
-    stem -= (len(arch.input_depths) - 1) * image
-    cells = 0.0
-    for i in range(arch.layers):
-        for s, t, op in arch.layer_edges(i):
-            c_in, c_out = depth_channels(f, s), depth_channels(f, t)
-            if s != t:
-                cells += memory.cost_per_sample(
-                    ("resample", s - t, c_in, c_out),
-                    lambda s=s, t=t: resample(s, t, f),
-                    c_in,
-                    voxels(t + 1),
-                    2.0 ** (t - s),
-                    dtype,
-                )
-            cells += memory.cost_per_sample(
-                ("op", op, c_out), lambda b=ops[op], c=c_out: b(c), c_out, voxels(t + 1), 1.0, dtype
-            )
-    top = int(np.flatnonzero(arch.node_active[-1]).max())
-    head = sum(
-        memory.cost_per_sample(
-            ("head_up", depth_channels(f, d), f, d),
-            lambda d=d: HeadUp(depth_channels(f, d), scale_channels(f, d)),
-            depth_channels(f, d),
-            voxels(d),
-            0.5,
-            dtype,
-        )
-        for d in range(top + 1)
-    )
-    c0 = scale_channels(f, 0)
-    head += memory.cost_per_sample(
-        ("head_out", c0, num_classes), lambda: HeadOut(c0, num_classes), c0, voxels(0), 1.0, dtype
-    )
-    parts = {"stem": stem * batch_size, "cells": cells * batch_size, "head": head * batch_size}
-    parts["total"] = sum(parts.values())
-    return parts
+    model = memory_model(arch.depths, base, {name: ops[name] for name in arch.op_names}, setting)
+    return model.network(arch.edge_mask, arch.op_index)
