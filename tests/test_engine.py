@@ -129,6 +129,32 @@ def test_search_learns_logs_and_decodes(tmp_path, synth_root):
     assert (run / "arch.png").exists() and (run / "spec.yaml").exists()
 
 
+def test_search_under_a_gb_budget_logs_sigma_and_decodes_within_it(tmp_path, synth_root):
+    """A budget in GB: the log carries the sigma it stands for and the expected GB, the decoded network
+    fits it, and the second-best architecture of `decode --top-k` retrains with --arch."""
+    # At this tiny setting the networks of the space need 0.7-2.2 MB (with the 10% margin).
+    memory = {"name": "memory", "params": {"budget_gb": 0.0015, "reserve_gb": 0.0}}
+    losses = [{"name": "dice_ce"}, {"name": "entropy_alpha"}, {"name": "topology", "weight": 0.001}, memory]
+    path, spec = tiny_spec(
+        tmp_path,
+        synth_root,
+        **{"losses": losses, "retrain.gpus": 1, "search.joint_iters": 2, "retrain.iters": 2},
+    )
+    run = run_search(spec, RunOptions(out=tmp_path / "run", quiet=True))
+    rows = read_log(run / "search" / "log.csv")
+    sigmas = {float(r["sigma_eff"]) for r in rows}
+    assert len(sigmas) == 1 and 0 < sigmas.pop() < 1
+    assert all(0 < float(r["expected_gb"]) < 0.0025 for r in rows)
+    arch = json.loads((run / "arch.json").read_text())
+    assert arch["memory"]["budget_gb"] == 0.0015 and arch["memory"]["estimated_gb"] <= 0.0015
+    res = run_cli("decode", run, "--top-k", "2", "--no-picture")
+    assert res.returncode == 0, res.stderr
+    second = run / "arch_top" / "arch_2.json"
+    assert json.loads(second.read_text())["memory"]["estimated_gb"] <= 0.0015
+    [fold] = run_retrain(spec, second, "0", RunOptions(out=tmp_path / "second", quiet=True))
+    assert (fold / "model_final.pt").is_file()
+
+
 def _wait_for(path: Path, timeout: float = 120) -> None:
     end = time.monotonic() + timeout
     while not path.exists():

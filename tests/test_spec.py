@@ -107,7 +107,7 @@ LOSS_BAD = [
     (
         "sigma out of range",
         {"losses": [{"name": "dice_ce"}, {"name": "memory", "params": {"sigma": 1.5}}]},
-        "losses[1].params",
+        "losses[1].params.sigma",
     ),
     ("unknown loss param", {"losses": [{"name": "dice_ce", "params": {"smoth": 1}}]}, "losses[0].params"),
     ("no segmentation loss", {"losses": [{"name": "topology"}]}, "losses"),

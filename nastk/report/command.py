@@ -82,37 +82,17 @@ def _spec_of(run: Path) -> Spec:
 
 def architecture_row(run: Path, spec: Spec) -> dict:
     """Table 1 for a run: FLOPs, parameters, estimated and measured retraining memory, CV Dice."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from nastk.netstats import architecture_stats
+    from nastk.setting import spec_budget
 
     row: dict = {"run": run.name}
     space = registry.load("spaces", spec.space.name)
     arch_file = run / "arch.json"
     if arch_file.is_file():
         arch = space.load_arch(arch_file)
-        ops = {n: registry.load("ops", n) for n in arch.op_names}
-        r, d = spec.retrain, spec.dataset
-        with torch.device("meta"):
-            net = space.build_network(
-                arch, ops, d.in_channels, d.num_classes, filter_multiplier=r.filter_multiplier
-            )
-            x = torch.zeros(1, d.in_channels, *r.patch_size)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(x)
-        row["GMACs"] = counter.get_total_flops() / 2e9
-        row["params_M"] = sum(p.numel() for p in net.parameters()) / 1e6
-        if hasattr(space, "estimate_memory"):
-            per_gpu = max(1, spec.search.batch_size * r.batch_multiplier // 8)
-            est = space.estimate_memory(
-                arch,
-                ops,
-                patch_size=r.patch_size,
-                batch_size=per_gpu,
-                filter_multiplier=r.filter_multiplier,
-                in_channels=d.in_channels,
-                num_classes=d.num_classes,
-            )
-            row["est_activation_MB"] = est["total"] / 2**20
+        stats = architecture_stats(spec, arch, spec_budget(spec))
+        stats.pop("path_cost", None)
+        row.update(stats)
     peaks, dices = [], []
     for fold in sorted((run / "retrain").glob("fold_*")):
         log = fold / "log.csv"

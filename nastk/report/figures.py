@@ -78,7 +78,8 @@ def search_curves(log_csv: str | Path, out_png: str | Path, sigma: float | None 
 
     Panels over iterations, each drawn when its columns hold data: every ``L_*`` loss term
     (log scale when all values are positive, else symlog), the discretization gap G (``gap``),
-    M_e/M_a (``memory_ratio``) with the budget ``sigma`` as a dashed line when given, and the
+    M_e/M_a (``memory_ratio``) with the budget as a dashed line (the logged ``sigma_eff`` of a GB
+    budget, else ``sigma`` when given), and the
     training Dice with the learning rate on a second axis. The search phases (``phase``:
     warm-up, weights, joint) shade the background. Empty cells (terms not logged yet) are gaps.
     """
@@ -140,7 +141,13 @@ def search_curves(log_csv: str | Path, out_png: str | Path, sigma: float | None 
             ax.set_ylim(bottom=0)
         elif name == "memory":
             ax.plot(it, mem.to_numpy(float), color="C4", lw=1.3, label=r"$M_e/M_a$")
-            if sigma is not None:
+            sigma_eff = _numeric(df, "sigma_eff")
+            if sigma_eff.notna().any():  # a GB budget: the sigma it stands for, as logged
+                budget = float(sigma_eff.dropna().iloc[-1])
+                ax.axhline(
+                    budget, color="k", ls="--", lw=1.0, label=rf"budget: $\sigma_{{eff}}$ = {budget:.3g}"
+                )
+            elif sigma is not None:
                 ax.axhline(sigma, color="k", ls="--", lw=1.0, label=rf"budget $\sigma$ = {sigma:g}")
             ax.set_ylabel(r"$M_e/M_a$")
             ax.set_ylim(0, max(1.0, float(np.nanmax(mem)) * 1.05))
