@@ -1,9 +1,13 @@
-"""Time nastk_dints.decode at the paper's size (L=12, D=4) on random logits.
+"""Time nastk_dints.decode at the paper's size (L=12, D=4) on random logits, with and without a
+memory budget.
 
     python bench/decode.py [--repeats 200]
 
-Prints a table: median and 95th-percentile wall time per decode, and the share spent building
--log eta versus the shortest-path dynamic programme.
+Prints a table: median and 95th-percentile wall time per decode, the share spent building
+-log eta versus the shortest-path dynamic programme, and decoding under GB budgets at the paper's
+retraining setting (96^3, 2 patches per GPU, 32 filters), where the budget is placed between the
+smallest network the searched ops allow (0%) and the unconstrained decode (100%). The per-part
+memory costs are measured once per process before timing (their time is shown on its own row).
 """
 
 from __future__ import annotations
@@ -17,7 +21,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from nastk_dints.discretize import decode, pattern_costs, shortest_feasible_path
+from nastk import registry
+from nastk.setting import MemoryBudget, TrainingSetting
+from nastk_dints.budget import memory_model
+from nastk_dints.discretize import decode, decode_best, pattern_costs, shortest_feasible_path
+
+PAPER_RETRAIN = TrainingSetting((96, 96, 96), 2, 2.0, "off", 1, 3)
 
 
 def _times(fn, repeats: int) -> np.ndarray:
@@ -50,6 +59,7 @@ def main() -> None:
         ("  -log eta [L, M]", _times(lambda: pattern_costs(edges, args.depths), args.repeats)),
         ("  shortest feasible path", _times(lambda: shortest_feasible_path(cost, args.depths), args.repeats)),
     ]
+    rows += budget_rows(args, rng)
     table = Table(title=f"decode, L={args.layers}, D={args.depths}, M={2**n_edges - 1} patterns/layer")
     for col in ("what", "median ms", "p95 ms"):
         table.add_column(col, justify="right" if col != "what" else "left")
@@ -61,6 +71,36 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"numpy {np.__version__}, torch {torch.__version__}"
     )
+
+
+def budget_rows(args, rng) -> list[tuple[str, np.ndarray]]:
+    ops = {n: registry.load("ops", n) for n in ["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"]}
+    t0 = time.perf_counter()
+    model = memory_model(args.depths, 16, ops, PAPER_RETRAIN)
+    rows = [("  per-part memory costs (once)", np.array([(time.perf_counter() - t0) * 1e3]))]
+    n_edges = 3 * args.depths - 2
+    unbound = MemoryBudget(0.0, PAPER_RETRAIN)
+
+    def timed(edges, op_logits, k, budget, repeats):
+        return _times(lambda: decode_best(edges, op_logits, k=k, ops=ops, budget=budget), repeats)
+
+    for label, scale in (("N(0,1)", 1.0), ("peaked x4", 4.0)):
+        edges = rng.normal(size=(args.layers, n_edges)) * scale
+        op_logits = rng.normal(size=(args.layers, n_edges, 5)) * scale
+        mem = model.pattern_bytes(op_logits.argmax(-1))
+        free = decode(edges, op_logits)
+        top = model.network(free.edge_mask, free.op_index)["total"]
+        low_path, _ = shortest_feasible_path(mem, args.depths)
+        low = mem[np.arange(args.layers), low_path].sum()
+        for share in (0.1, 0.5, 0.9):
+            budget = MemoryBudget(unbound.required_gb(low + share * (top - low)), PAPER_RETRAIN)
+            name = f"budget {share:.0%} ({budget.gb:.2f} GB), {label}"
+            rows.append((name, timed(edges, op_logits, 1, budget, args.repeats // 4)))
+        budget = MemoryBudget(unbound.required_gb(low + 0.5 * (top - low)), PAPER_RETRAIN)
+        rows.append(
+            (f"top-5 under budget 50%, {label}", timed(edges, op_logits, 5, budget, args.repeats // 10))
+        )
+    return rows
 
 
 if __name__ == "__main__":

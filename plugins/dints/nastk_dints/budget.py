@@ -11,8 +11,7 @@ Both are sums of parts that each depend on one choice of the architecture:
 
 * each selected cell (edge e with op n): ``resample[e] + op[e, n]``;
 * each input depth d used by layer 1: ``stem[d]``;
-* the coarsest active depth d of the last layer, where the head starts: ``head[d]``;
-* a constant: the input image, saved once however many stems read it.
+* the coarsest active depth d of the last layer, where the head starts: ``head[d]``.
 
 So once each edge's op is fixed, a network's memory adds up over its layers, which makes decoding
 under a budget an exact resource-constrained shortest path (``discretize.py``).
@@ -37,13 +36,12 @@ from nastk_dints.topology import edge_list, topology
 
 @dataclass(frozen=True)
 class Parts:
-    """Bytes per choice: ``resample`` [E], ``op`` [E, N], ``stem`` [D], ``head`` [D], ``constant``."""
+    """Bytes per choice: ``resample`` [E], ``op`` [E, N], ``stem`` [D], ``head`` [D]."""
 
     resample: np.ndarray
     op: np.ndarray
     stem: np.ndarray
     head: np.ndarray
-    constant: float
 
     def __add__(self, other: Parts) -> Parts:
         return Parts(
@@ -51,7 +49,6 @@ class Parts:
             self.op + other.op,
             self.stem + other.stem,
             self.head + other.head,
-            self.constant + other.constant,
         )
 
     def cells(self, op_index: np.ndarray) -> np.ndarray:
@@ -60,14 +57,14 @@ class Parts:
         return self.resample[None, :] + np.take_along_axis(self.op[None], op_index[..., None], -1)[..., 0]
 
     def network(self, edge_mask: np.ndarray, op_index: np.ndarray) -> dict[str, float]:
-        """{stem, cells, head} bytes of one network (the constant goes with the stems)."""
+        """{stem, cells, head} bytes of one network."""
         topo = topology(len(self.stem))
         mask = np.asarray(edge_mask, dtype=bool)
         inputs = np.zeros(len(self.stem), dtype=bool)
         inputs[topo.source[mask[0]]] = True
         top = int(topo.target[mask[-1]].max())
         return {
-            "stem": float(self.stem[inputs].sum() + self.constant),
+            "stem": float(self.stem[inputs].sum()),
             "cells": float(self.cells(op_index)[mask].sum()),
             "head": float(self.head[top]),
         }
@@ -88,13 +85,13 @@ class MemoryModel:
         return self.activations + self.parameters
 
     def pattern_bytes(self, op_index: np.ndarray) -> np.ndarray:
-        """[L, M]: bytes of layer i with pattern j and the given ops; layer 1 carries the stems and
-        the image, the last layer the head, so a network's bytes are the sum along its path."""
+        """[L, M]: bytes of layer i with pattern j and the given ops; layer 1 carries the stems, the
+        last layer the head, so a network's bytes are the sum along its path."""
         topo = topology(self.depths)
         total = self.total
         per_pattern = total.cells(op_index) @ topo.patterns.T.astype(np.float64)  # [L, M]
         sources = topo.node_sets[topo.pattern_sources].astype(np.float64)  # [M, D]
-        per_pattern[0] += sources @ total.stem + total.constant
+        per_pattern[0] += sources @ total.stem
         targets = topo.node_sets[topo.pattern_targets]
         top = targets.shape[1] - 1 - np.argmax(targets[:, ::-1], axis=1)  # coarsest target depth
         per_pattern[-1] += total.head[top]
@@ -141,7 +138,7 @@ def memory_model(depths: int, filters: float, ops: dict, setting: TrainingSettin
     def voxels(scale: int) -> int:
         return int(np.prod(patch // 2**scale))
 
-    def measured(key, build, in_channels, scale, in_scale, input_dtype, count_input=True):
+    def measured(key, build, in_channels, scale, in_scale, input_dtype, input_requires_grad=True):
         act = memory.cost(
             key,
             build,
@@ -149,7 +146,7 @@ def memory_model(depths: int, filters: float, ops: dict, setting: TrainingSettin
             voxels(scale),
             in_scale,
             amp=amp,
-            count_input=count_input,
+            input_requires_grad=input_requires_grad,
             input_dtype=input_dtype,
             batch=batch,
         )
@@ -181,11 +178,16 @@ def memory_model(depths: int, filters: float, ops: dict, setting: TrainingSettin
 
     act_stem, par_stem = np.zeros(depths), np.zeros(depths)
     for d in range(depths):
-        # The image is shared by the stems: counted once, in the constant.
+        # The image needs no gradient: only the stem that convolves it at full resolution keeps it.
         act_stem[d], par_stem[d] = measured(
-            ("stem", c_img, f, d), stem_build[d], c_img, d + 1, 2.0 ** (d + 1), image_dtype, count_input=False
+            ("stem", c_img, f, d),
+            stem_build[d],
+            c_img,
+            d + 1,
+            2.0 ** (d + 1),
+            image_dtype,
+            input_requires_grad=False,
         )
-    image = c_img * voxels(0) * torch.empty((), dtype=image_dtype).element_size() * batch
 
     def head_up(d: int, input_dtype):
         c_in = depth_channels(f, d)
@@ -215,7 +217,7 @@ def memory_model(depths: int, filters: float, ops: dict, setting: TrainingSettin
     return MemoryModel(
         depths=depths,
         op_names=tuple(ops),
-        activations=Parts(act_res, act_op, act_stem, act_head, float(image)),
-        parameters=Parts(par_res, par_op, par_stem, par_head, 0.0),
+        activations=Parts(act_res, act_op, act_stem, act_head),
+        parameters=Parts(par_res, par_op, par_stem, par_head),
         setting=setting,
     )

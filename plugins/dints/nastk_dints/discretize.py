@@ -247,30 +247,46 @@ def _cost_to_go(values: np.ndarray, depths: int) -> np.ndarray:
     return out
 
 
-def _lagrangian_bound(cost: np.ndarray, mem: np.ndarray, budget: float, depths: int) -> float:
-    """The cost of a feasible path within ``budget`` found by minimising cost + lambda * memory
-    (an upper bound on the optimum that prunes the exact search); inf if none is found."""
-    path, _ = shortest_feasible_path(mem, depths)
+def _lagrangian(cost: np.ndarray, mem: np.ndarray, budget: float, depths: int) -> tuple[float, float, float]:
+    """(lower, upper, lam) bounding the cheapest path within ``budget``, from paths that minimise
+    cost + lam * memory.
+
+    ``upper`` is the cost of the cheapest such path within the budget (inf if no path fits): the
+    optimum costs no more. ``lower`` is the best Lagrangian bound min_path(cost + lam * memory) -
+    lam * budget among the multipliers tried, ``lam`` its multiplier: the optimum costs no less, and a
+    partial path whose cost plus lam * (its memory - budget) plus the least cost + lam * memory to go
+    exceeds a bound on the optimum has no completion worth keeping.
+    """
     layers = np.arange(len(cost))
+    path, _ = shortest_feasible_path(mem, depths)
     if mem[layers, path].sum() > budget:
-        return np.inf
-    best = cost[layers, path].sum()
-    lo, hi = 0.0, 1.0
+        return np.inf, np.inf, 0.0
+    upper = cost[layers, path].sum()
+    best_bound, best_lam = -np.inf, 0.0
     scale = max(np.ptp(cost), 1e-12) / max(np.ptp(mem), 1e-300)
-    for _ in range(40):  # find a lambda whose path is within budget, then bisect towards cheaper
-        path, _ = shortest_feasible_path(cost + hi * scale * mem, depths)
-        if mem[layers, path].sum() <= budget:
-            best = min(best, cost[layers, path].sum())
+
+    def attempt(lam: float) -> bool:
+        nonlocal upper, best_bound, best_lam
+        path, total = shortest_feasible_path(cost + lam * mem, depths)
+        if total - lam * budget > best_bound:
+            best_bound, best_lam = total - lam * budget, lam
+        fits = mem[layers, path].sum() <= budget
+        if fits:
+            upper = min(upper, cost[layers, path].sum())
+        return fits
+
+    lo, hi = 0.0, scale
+    for _ in range(40):  # find a multiplier whose path is within budget, then bisect towards cheaper
+        if attempt(hi):
             break
         lo, hi = hi, hi * 4
-    for _ in range(20):
+    for _ in range(16):
         mid = 0.5 * (lo + hi)
-        path, _ = shortest_feasible_path(cost + mid * scale * mem, depths)
-        if mem[layers, path].sum() <= budget:
-            best, hi = min(best, cost[layers, path].sum()), mid
+        if attempt(mid):
+            hi = mid
         else:
             lo = mid
-    return float(best)
+    return float(best_bound), float(upper), float(best_lam)
 
 
 def _keep_first_fronts(group: np.ndarray, mem: np.ndarray, cost: np.ndarray, k: int) -> np.ndarray:
@@ -304,52 +320,69 @@ def best_paths(
     """The k cheapest feasible paths whose memory is within ``budget``: [(path, cost, memory)].
 
     ``cost`` and ``mem`` are [L, M]; a path's cost and memory are the sums of its entries. Exact (a
-    resource-constrained shortest path, solved by ``_label_search``). For k > 1 the search is first
-    bounded to paths at most a little costlier than the best, and the bound is widened until k paths
-    are found under it: every path under the bound survives, so those are the k best. Fewer than k
-    paths are returned when fewer exist.
+    resource-constrained shortest path, solved by ``_label_search``). Lagrangian relaxation brackets
+    the best cost; the search is bounded just above the lower end and widened until it finds a path
+    (for k > 1: just above the best, until it finds k). Fewer than k paths are returned when fewer
+    exist.
     """
     # Sums taken in another order may differ in the last bits: a path exactly at the budget fits.
     budget = budget + 1e-10 * abs(budget) if np.isfinite(budget) else budget
     path, total = shortest_feasible_path(cost, depths)
     used = float(mem[np.arange(len(mem)), path].sum())
+    lam = 0.0
     if used <= budget:  # the unconstrained optimum fits: it is the best
         first = [(path, total, used)]
     else:
-        first = _label_search(cost, mem, budget, depths, 1, _lagrangian_bound(cost, mem, budget, depths))
+        lower, upper, lam = _lagrangian(cost, mem, budget, depths)
+        if not np.isfinite(upper):  # not even the smallest network fits
+            return []
+        first = _widening_search(cost, mem, budget, depths, 1, lower, upper, lam, (upper - lower) / 256)
     if k == 1 or not first:
         return first
     best = first[0][1]
-    most = float(cost.max(1).sum())  # no path costs more
-    width = 1e-3 * (1.0 + abs(best))
+    return _widening_search(cost, mem, budget, depths, k, best, float(cost.max(1).sum()), lam, 0.0)
+
+
+def _widening_search(cost, mem, budget, depths, k, lower, upper, lam, width):
+    """``_label_search`` bounded at lower + w for growing w, until it finds k paths or the bound
+    reaches ``upper`` (a cost that k paths within the budget are known not to exceed, or no path
+    exceeds). A tight bound prunes most partial paths; every path under the bound survives, so
+    what is found under it is exactly the best."""
+    width = max(width, 1e-3 * (1.0 + abs(lower)))
     while True:
-        upper = best + width
-        found = _label_search(cost, mem, budget, depths, k, upper if upper < most else np.inf)
-        if len(found) >= k or upper >= most:
+        bound = lower + width
+        found = _label_search(cost, mem, budget, depths, k, bound if bound < upper else upper, lam)
+        if len(found) >= k or bound >= upper:
             return found
         width *= 4
 
 
 def _label_search(
-    cost: np.ndarray, mem: np.ndarray, budget: float, depths: int, k: int, upper: float
+    cost: np.ndarray, mem: np.ndarray, budget: float, depths: int, k: int, upper: float, lam: float = 0.0
 ) -> list[tuple[np.ndarray, float, float]]:
     """The k cheapest feasible paths within ``budget`` among those costing at most ``upper``.
 
     A dynamic programme over layers whose labels are partial paths, pruned only where that provably
     loses none of the k best: the memory any completion still needs exceeds the budget; the cost
-    any completion still needs exceeds ``upper``; or k other labels ending in the same target set are
-    as cheap and as small. Ties go to lower pattern indices.
+    any completion still needs exceeds ``upper``, by the plain bound or the Lagrangian one with
+    multiplier ``lam`` (see ``_lagrangian``); or k other labels ending in the same target set are as
+    cheap and as small. Ties go to lower pattern indices.
     """
     topo = topology(depths)
     n_layers, m = cost.shape
     mem_to_go = _cost_to_go(mem, depths)
     cost_to_go = _cost_to_go(cost, depths)
+    priced_to_go = _cost_to_go(cost + lam * mem, depths) if lam > 0 and np.isfinite(budget) else None
     slack = 1e-9 * (1.0 + abs(upper)) if np.isfinite(upper) else 0.0
+    # The priced bound subtracts terms of size lam * budget: its rounding scales with them.
+    priced_slack = slack + 1e-9 * lam * abs(budget) if priced_to_go is not None else 0.0
 
     def within(i, lc, lm, patterns):
         ok = lm + mem_to_go[i, patterns] <= budget
         if np.isfinite(upper):
             ok &= lc + cost_to_go[i, patterns] <= upper + slack
+            if priced_to_go is not None:
+                ok &= lc + lam * (lm - budget) + priced_to_go[i, patterns] <= upper + priced_slack
         return ok
 
     patterns = np.arange(m)

@@ -186,7 +186,7 @@ class memory(_ArchLoss):  # noqa: N801
         self.params = MemoryParams(**params)
         self.sigma = self.params.sigma
         self._costs: tuple[np.ndarray, np.ndarray] | None = None
-        self._fixed = 0.0  # stems + head + image (budget_gb only)
+        self._fixed = 0.0  # the costliest stems and head (budget_gb only)
 
     def bind(self, supernet, setting: TrainingSetting) -> None:
         """Fix the costs (and, for budget_gb, sigma) for ``supernet`` retrained at ``setting``."""
@@ -196,7 +196,7 @@ class memory(_ArchLoss):  # noqa: N801
         model = supernet.memory_model(setting)
         total = model.total
         self._costs = (total.resample, total.op)
-        self._fixed = float(total.stem.sum() + total.constant + total.head.max())
+        self._fixed = float(total.stem.sum() + total.head.max())
         usable = usable_bytes(self.params.budget_gb, self.params.margin, self.params.reserve_gb)
         m_a = largest_memory(supernet.params.layers, total.resample, total.op)
         self.sigma = (usable - self._fixed) / m_a

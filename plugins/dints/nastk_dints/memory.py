@@ -41,14 +41,15 @@ def saved_bytes(
     input_shape: tuple[int, ...],
     dtype: torch.dtype = torch.float32,
     amp: str = "off",
-    count_input: bool = True,
+    input_requires_grad: bool = True,
     input_dtype: torch.dtype | None = None,
 ) -> int:
     """Bytes of distinct non-parameter storages saved for backward by one forward of ``module``.
 
     ``amp`` ("off", "bf16", "fp16") runs the forward under autocast, on an input of ``input_dtype``
-    (default ``dtype``). ``count_input=False`` leaves the input's own storage out (for modules that
-    share one input, such as the stems).
+    (default ``dtype``). The input is a feature map that requires grad, or with
+    ``input_requires_grad=False`` an image that does not (functions then keep less of it: average
+    pooling, for one, keeps nothing of an input it need not differentiate).
     """
     param_storages = {p.untyped_storage().data_ptr() for p in module.parameters()}
     storages: dict[int, int] = {}
@@ -65,11 +66,9 @@ def saved_bytes(
     # enable_grad: called under no_grad (e.g. from diagnostics) nothing would be saved, and the
     # zero would be cached.
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        x = torch.randn(input_shape, dtype=input_dtype or dtype, requires_grad=True)
+        x = torch.randn(input_shape, dtype=input_dtype or dtype, requires_grad=input_requires_grad)
         with _autocast(amp):
             module(x)
-    if not count_input:
-        storages.pop(x.untyped_storage().data_ptr(), None)
     return sum(storages.values())
 
 
@@ -87,23 +86,27 @@ def _fit(
     in_scale: float,
     dtype,
     amp: str,
-    count_input: bool,
+    input_requires_grad: bool,
     input_dtype,
 ) -> tuple[float, ...]:
-    cache_key = (key, in_channels, in_scale, dtype, amp, count_input, input_dtype)
+    cache_key = (key, in_channels, in_scale, dtype, amp, input_requires_grad, input_dtype)
     if cache_key not in _FITS:
         module = build().to(dtype)
-        _FITS[cache_key] = _measure_fit(module, in_channels, in_scale, dtype, amp, count_input, input_dtype)
+        _FITS[cache_key] = _measure_fit(
+            module, in_channels, in_scale, dtype, amp, input_requires_grad, input_dtype
+        )
     return _FITS[cache_key]
 
 
-def _measure_fit(module, in_channels, in_scale, dtype, amp, count_input, input_dtype) -> tuple[float, ...]:
+def _measure_fit(
+    module, in_channels, in_scale, dtype, amp, input_requires_grad, input_dtype
+) -> tuple[float, ...]:
     """(c, a, b) of c + batch * (a + b * voxels), from batch 1 at two sizes and batch 2 at one."""
 
     def measure(batch: int, side: int) -> int:
         in_side = int(side * in_scale)
         shape = (batch, in_channels, in_side, in_side, in_side)
-        return saved_bytes(module, shape, dtype, amp, count_input, input_dtype)
+        return saved_bytes(module, shape, dtype, amp, input_requires_grad, input_dtype)
 
     (s0, s1), (v0, v1) = _FIT_SIDES, (_FIT_SIDES[0] ** 3, _FIT_SIDES[1] ** 3)
     b0, b1, twice = measure(1, s0), measure(1, s1), measure(2, s0)
@@ -120,7 +123,7 @@ def cost(
     in_scale: float = 1.0,
     dtype: torch.dtype = torch.float32,
     amp: str = "off",
-    count_input: bool = True,
+    input_requires_grad: bool = True,
     input_dtype: torch.dtype | None = None,
     batch: int = 1,
 ) -> float:
@@ -129,7 +132,9 @@ def cost(
     ``in_scale`` is the input side over the output side (2 for a stride-2 downsampling module,
     0.5 for an upsampling one). ``key`` must identify what ``build`` builds, channels included.
     """
-    once, intercept, slope = _fit(key, build, in_channels, in_scale, dtype, amp, count_input, input_dtype)
+    once, intercept, slope = _fit(
+        key, build, in_channels, in_scale, dtype, amp, input_requires_grad, input_dtype
+    )
     return once + batch * (intercept + slope * voxels)
 
 
