@@ -244,7 +244,9 @@ def import_arch(
 @app.command()
 def preprocess(
     spec: Annotated[Path, typer.Argument(help="Spec YAML file whose dataset.root is the task folder.")],
-    workers: Annotated[int | None, typer.Option(help="Processes (default: dataset.num_workers).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Processes (default: dataset.num_workers).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Preprocess a dataset into the cache (reorient, resample, crop, normalise); skips finished cases."""
@@ -310,7 +312,7 @@ def search(
         bool, typer.Option(help="Deterministic algorithms (same spec, same result).")
     ] = False,
     workers: Annotated[
-        int | None, typer.Option(help="Data-loader workers (default: dataset.num_workers).")
+        int | None, typer.Option(min=0, help="Data-loader workers (default: dataset.num_workers).")
     ] = None,
 ) -> None:
     """Differentiable topology + cell search (Sec. 3.6), then decode to RUN/arch.json."""
@@ -356,7 +358,7 @@ def retrain(
         bool, typer.Option(help="Deterministic algorithms (same spec, same result).")
     ] = False,
     workers: Annotated[
-        int | None, typer.Option(help="Data-loader workers (default: dataset.num_workers).")
+        int | None, typer.Option(min=0, help="Data-loader workers (default: dataset.num_workers).")
     ] = None,
 ) -> None:
     """Retrain the discrete network of an arch.json on one fold or all (Sec. 4.1)."""
@@ -428,6 +430,13 @@ def report(
         str | None, typer.Option(help="MSD task name for --reference (default: dataset name).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    missing: Annotated[
+        str,
+        typer.Option(
+            help="Reference cases without a prediction: 'error', or 'empty' to score them as empty "
+            "predictions (the leaderboard says which cases)."
+        ),
+    ] = "error",
 ) -> None:
     """DSC and NSD per case and class, a Table 2-style leaderboard (CSV + Markdown), figures."""
     from nastk.report.command import parse_tolerances, run_report
@@ -443,6 +452,7 @@ def report(
         reference == "paper",
         task,
         quiet,
+        missing,
     )
     board = paths["leaderboard_md"].read_text()
     out.print(board, markup=False, highlight=False)

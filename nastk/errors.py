@@ -27,3 +27,13 @@ class PluginError(NastkError):
 
 class DataError(NastkError):
     """Input data (a file, an array, an architecture) is missing or malformed."""
+
+
+class OutputError(NastkError):
+    """An output cannot be written: no space left, or a folder that cannot be created."""
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line (whitespace collapsed), cut to ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

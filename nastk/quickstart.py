@@ -14,7 +14,7 @@ import yaml
 from nastk.engine.options import RunOptions
 from nastk.errors import DataError
 from nastk.io import atomic_write_text
-from nastk.spec import load_spec
+from nastk.spec import load_spec, parse_yaml, read_spec_text
 
 
 def run_quickstart(spec_path: Path, out: Path, quiet: bool = False, echo=print) -> dict:
@@ -31,7 +31,7 @@ def run_quickstart(spec_path: Path, out: Path, quiet: bool = False, echo=print) 
     t0 = time.monotonic()
     data = out / "data"
     run = out / "run"
-    base = yaml.safe_load(spec_path.read_text())
+    base = parse_yaml(read_spec_text(spec_path), str(spec_path))
     synth = (base.get("synth") if isinstance(base, dict) else None) or {}
     if not (data / "dataset.json").exists():
         echo(f"[1/6] writing the synthetic task to {data}")

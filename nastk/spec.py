@@ -1,16 +1,26 @@
 """Spec files: pydantic v2 models read from YAML. Every default is the paper's value (DiNTS, Sec. 4.1).
 
-A spec never executes code: it is parsed with ``yaml.safe_load`` and only names registered plugins.
+A spec never executes code: it is parsed with a ``yaml.SafeLoader`` that also refuses aliases and
+duplicate keys, and only names registered plugins.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nastk import registry
 from nastk.errors import PluginError, SpecError
@@ -60,6 +70,21 @@ class DatasetSpec(_Section):
     num_classes: int = Field(3, ge=2, description="Output classes including background (Pancreas: 3).")
     fold: int = Field(0, ge=0, description="Cross-validation fold used by search (paper: C2FNAS split).")
     num_folds: int = Field(5, ge=2, description="Number of cross-validation folds (paper: 5).")
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(math.isfinite(s) and s > 0 for s in value):
+            raise ValueError(f"every spacing must be a positive number of mm, got {list(value)}")
+        return value
+
+    @field_validator("nsd_tolerance")
+    @classmethod
+    def _tolerances(cls, value: dict[int, float]) -> dict[int, float]:
+        bad = {c: t for c, t in value.items() if not (math.isfinite(t) and t >= 0)}
+        if bad:
+            raise ValueError(f"tolerances must be finite and >= 0 mm, got {bad}")
+        return value
 
 
 class SpaceSpec(_Section):
@@ -333,20 +358,81 @@ def validate(data: Any, file: str = "<spec>") -> Spec:
     return spec
 
 
-def load_spec(path: str | Path) -> Spec:
-    path = Path(path)
+# Specs are a few KB; the cap keeps a huge file from holding the parser for minutes.
+MAX_SPEC_BYTES = 4 * 2**20
+
+
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing aliases and duplicate keys.
+
+    An alias makes the validator walk the aliased value again at each use: a chain of ten anchors of
+    ten aliases each (the "billion laughs") expands to 10^10 values and takes the process down.
+    A duplicate key would silently keep its last value.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"alias *{event.anchor} is not allowed in a spec; write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {first})", key_node.start_mark
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, file: str) -> Any:
+    """The YAML document in ``text``; SpecError (naming line and column) when it is not valid."""
     try:
-        text = path.read_text()
+        return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise SpecError(file, [("", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}")]) from None
+    except RecursionError:
+        raise SpecError(file, [("", "not valid YAML: nested too deeply")]) from None
+
+
+def read_spec_text(path: Path) -> str:
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(str(path), [("", "file not found")]) from None
     except OSError as exc:
         raise SpecError(str(path), [("", f"cannot read: {exc.strerror}")]) from None
+    if len(raw) > MAX_SPEC_BYTES:
+        limit = MAX_SPEC_BYTES // 2**20
+        raise SpecError(str(path), [("", f"larger than {limit} MB; a spec is a few KB of YAML")])
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(str(path), [("", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}")]) from None
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            str(path), [("", f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})")]
+        ) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    data = parse_yaml(read_spec_text(path), str(path))
+    if data is None:
+        raise SpecError(str(path), [("", "the file is empty; a spec is a YAML mapping (see nastk validate)")])
     return validate(data, str(path))
 
 

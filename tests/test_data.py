@@ -1,6 +1,7 @@
 """Datasets in, cached preprocessed volumes, patches out."""
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -93,6 +94,48 @@ def test_ct_normalisation_uses_dataset_statistics(tmp_path):
     image, label, _ = load_case(cache.root, cache.case_ids[0])
     clipped_max = (stats["hi"] - stats["mean"]) / stats["std"]
     assert image.max() <= clipped_max + 1e-4
+
+
+@pytest.mark.parametrize("modality", ["MRI", "CT"])
+def test_huge_integer_intensities_normalise_like_small_ones(tmp_path, modality):
+    """int64 intensities near 4e18 overflowed the float32 std (to inf), which zeroed the whole case
+    without a word. Z-scores do not depend on the scale, so the cache must match the unscaled case's."""
+    small = write_msd(tmp_path / "small", cases=2, modality=modality)
+    big = write_msd(tmp_path / "big", cases=2, modality=modality)
+    for case in ("case_000", "case_001"):
+        src = nib.load(small / "imagesTr" / f"{case}.nii.gz")
+        scaled = np.round(np.asarray(src.dataobj, np.float64) * 2.5e16).astype(np.int64)
+        nib.save(nib.Nifti1Image(scaled, src.affine, dtype=np.int64), big / "imagesTr" / f"{case}.nii.gz")
+    assert scaled.max() > 4e18
+    expected = np.load(preprocess(_spec(small)).root / "case_000_image.npy")
+    got = np.load(preprocess(_spec(big)).root / "case_000_image.npy")
+    assert np.isfinite(got).all() and got.std() > 0.5
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(msd):
+    """A killed writer leaves its temporary file; the next run removes it, but never a live writer's
+    (this process), one written on another host, or a file of another naming."""
+    import socket
+    import subprocess
+    import sys
+
+    cache = preprocess(_spec(msd))
+    dead = int(
+        subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout
+    )
+    host = socket.gethostname()
+    stale = cache.root / f".case_000_image.npy.nastk-{dead}@{host}.k2j4h1x9.tmp"
+    kept = [
+        cache.root / f".case_001_image.npy.nastk-{os.getpid()}@{host}.a8d7f6g5.tmp",
+        cache.root / f".case_002_image.npy.nastk-{dead}@another-host.q1w2e3r4.tmp",
+        cache.root / ".case_003_image.npy.abcdefgh.tmp",
+    ]
+    for path in (stale, *kept):
+        path.write_bytes(b"half a file")
+    preprocess(_spec(msd))
+    assert not stale.exists()
+    assert all(path.exists() for path in kept)
 
 
 def test_cache_is_reused_and_keyed_by_settings(msd):
@@ -228,6 +271,18 @@ def test_nan_voxels(tmp_path, msd):
     image[5, 5, 5] = np.nan
     save_nifti(image, msd / "imagesTr" / "case_001.nii.gz")
     _expect_error(tmp_path, msd, "case case_001", "NaN or Inf")
+
+
+def test_values_beyond_float32(tmp_path, msd):
+    image, _ = make_case(np.random.default_rng(0))
+    save_nifti(image.astype(np.float64) * 1e300, msd / "imagesTr" / "case_000.nii.gz")
+    _expect_error(tmp_path, msd, "case case_000", "case_000.nii.gz", "float32 range")
+
+
+def test_truncated_image(tmp_path, msd):
+    path = msd / "imagesTr" / "case_000.nii.gz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    _expect_error(tmp_path, msd, "case case_000", "case_000.nii.gz", "cannot read")
 
 
 def test_2d_image(tmp_path, msd):

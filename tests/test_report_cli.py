@@ -109,3 +109,25 @@ def test_bad_predictions_exit_2_naming_the_case(task, tmp_path, problem):
     assert res.returncode == 2, res.stdout
     assert case in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "r" / "leaderboard.csv").exists()
+
+
+def test_missing_predictions_scored_as_empty_only_when_asked(task, tmp_path):
+    """Ranking over the cases that happen to have predictions compares methods on different data:
+    a missing case is an error, or with --missing empty an empty prediction, and the table says so."""
+    from nastk.report.command import run_report
+
+    pred = _predictions(task, tmp_path / "pred", 0)
+    complete = run_report([], pred, task / "dataset.json", {}, tmp_path / "all", False, None, quiet=True)
+    assert "every reference case has one" in complete["leaderboard_md"].read_text()
+    (pred / "synth_101.nii.gz").unlink()
+    paths = run_report([], pred, task / "dataset.json", {}, tmp_path / "r", False, None, True, "empty")
+    cases = pd.read_csv(paths["cases"])
+    scored_empty = cases[cases["case"] == "synth_101"]
+    assert len(scored_empty) == 2 and set(scored_empty["prediction"]) == {"missing, scored as empty"}
+    assert (scored_empty["dsc"] == 0).all()  # the reference has both classes
+    assert set(cases["case"]) == {"synth_100", "synth_101", "synth_102"}
+    assert (
+        "scored as empty (--missing empty): pred: 1 of 3 (synth_101)" in paths["leaderboard_md"].read_text()
+    )
+    board = pd.read_csv(paths["leaderboard_csv"])
+    assert board.loc[0, "DSC avg"] < 100

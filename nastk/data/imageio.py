@@ -7,6 +7,8 @@ ITK-SNAP and 3D Slicer use, so a prediction written with the same geometry overl
 
 from __future__ import annotations
 
+import os
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +16,19 @@ import numpy as np
 import SimpleITK as sitk
 
 from nastk.errors import DataError
+
+# Header sizes are checked against this before any voxel is read: a corrupt or hostile header can
+# claim 30000^3 voxels. 2^30 (1024^3, 4 GiB as float32) is well above any CT or MRI volume.
+DEFAULT_MAX_VOXELS = 2**30
+MAX_VOXELS_ENV = "NASTK_MAX_VOXELS"
+
+
+def max_voxels() -> int:
+    """The voxel limit per image (all channels): ``$NASTK_MAX_VOXELS``, or 2^30."""
+    try:
+        return int(os.environ.get(MAX_VOXELS_ENV, DEFAULT_MAX_VOXELS))
+    except ValueError:
+        raise DataError(f"${MAX_VOXELS_ENV}: {os.environ[MAX_VOXELS_ENV]!r} is not a whole number") from None
 
 
 @dataclass(frozen=True)
@@ -73,30 +88,64 @@ def from_array(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply(image)
 
 
+# What a damaged file raises in ITK, nibabel, gzip and zlib.
+READ_ERRORS = (RuntimeError, OSError, ValueError, EOFError, zlib.error)
+
+
+def _header(path: Path, what: str) -> sitk.ImageFileReader:
+    """ITK's reader with the header read and its voxel count checked against the limit."""
+    info = sitk.ImageFileReader()
+    info.SetFileName(str(path))
+    info.ReadImageInformation()
+    size = [int(s) for s in info.GetSize()]
+    voxels = int(np.prod(size, dtype=object)) * max(1, info.GetNumberOfComponents())
+    limit = max_voxels()
+    if voxels > limit:
+        raise DataError(
+            f"{what}: {path}: the header declares {voxels:,} voxels ({' x '.join(map(str, size))}), over "
+            f"the limit of {limit:,} (set ${MAX_VOXELS_ENV} to raise it)"
+        )
+    return info
+
+
+def read_file(path: Path, what: str) -> sitk.Image:
+    """One image file as read, with its voxel count checked before any voxel is read.
+
+    Raises DataError for a size over the limit, and what the readers raise for a damaged file
+    (one of ``READ_ERRORS``).
+    """
+    info = _header(path, what)
+    if path.name.endswith((".nii", ".nii.gz")):
+        return _read_nifti(path, info)
+    return info.Execute()
+
+
 def _read(path: Path, what: str) -> sitk.Image:
     try:
-        if path.name.endswith((".nii", ".nii.gz")):
-            return _read_nifti(path)
-        return sitk.ReadImage(str(path))
-    except (RuntimeError, OSError, ValueError, EOFError) as exc:
+        return read_file(path, what)
+    except READ_ERRORS as exc:
         text = str(exc).strip()
         first = text.splitlines()[-1][:200] if text else type(exc).__name__
         raise DataError(f"{what}: cannot read {path}: {first}") from None
 
 
-def _read_nifti(path: Path) -> sitk.Image:
+def _read_nifti(path: Path, info: sitk.ImageFileReader) -> sitk.Image:
     """Geometry from ITK (as ITK-SNAP and Slicer see it), voxels from nibabel.
 
-    ITK's NIfTI reader turns NaN voxels into 0, which would hide corrupt data, so the voxel
-    values are read with nibabel (same file order, same scaling) and only the header with ITK.
+    ITK's NIfTI reader turns NaN voxels into 0, which would hide corrupt data, and reads a truncated
+    file without complaint; so the voxel values are read with nibabel (same file order, same scaling),
+    which raises for both, and only the header with ITK.
     """
     import nibabel as nib
 
-    info = sitk.ImageFileReader()
-    info.SetFileName(str(path))
-    info.ReadImageInformation()
-    data = np.asanyarray(nib.load(str(path)).dataobj)
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except nib.filebasedimages.ImageFileError as exc:
+        raise ValueError(str(exc)) from None
     if data.dtype == np.float64:
+        big = np.abs(data[np.isfinite(data)]).max(initial=0)
+        if big > np.finfo(np.float32).max:
+            raise ValueError(f"voxel values up to {big:.3g}, beyond the float32 range")
         data = data.astype(np.float32)
     dim = info.GetDimension()
     image = sitk.GetImageFromArray(np.ascontiguousarray(data.T), isVector=False)
@@ -123,11 +172,47 @@ def _split_channels(image: sitk.Image, path: Path, what: str) -> list[sitk.Image
     raise DataError(f"{what}: {path} is {dim}D; a 3D image (or 4D multi-channel) is required")
 
 
-def read_image(paths: tuple[Path, ...], what: str) -> list[sitk.Image]:
-    """One float32 3D image per channel, all on the same grid, checked for NaN/Inf."""
+def _channel_mismatch(what: str, paths: tuple[Path, ...], found: int, expected: int) -> DataError:
+    files = ", ".join(str(p) for p in paths)
+    return DataError(
+        f"{what}: {files} has {found} channel(s), but the dataset declares {expected} "
+        "(dataset.json 'modality' or 'channel_names')"
+    )
+
+
+def header_channels(path: Path, what: str) -> int:
+    """The channels an image file holds, from its header alone (its voxel count checked too)."""
+    try:
+        info = _header(path, what)
+    except READ_ERRORS as exc:
+        text = str(exc).strip()
+        first = text.splitlines()[-1][:200] if text else type(exc).__name__
+        raise DataError(f"{what}: cannot read {path}: {first}") from None
+    dim, components = info.GetDimension(), info.GetNumberOfComponents()
+    if components > 1:
+        return components
+    if dim in (3, 4):
+        return 1 if dim == 3 else int(info.GetSize()[3])
+    raise DataError(f"{what}: {path} is {dim}D; a 3D image (or 4D multi-channel) is required")
+
+
+def check_headers(paths: tuple[Path, ...], label: Path | None, what: str, expected_channels: int) -> None:
+    """Channel count and voxel counts of a case from the headers, before any voxel is read."""
+    found = sum(header_channels(p, what) for p in paths)
+    if found != expected_channels:
+        raise _channel_mismatch(what, paths, found, expected_channels)
+    if label is not None:
+        header_channels(label, what)
+
+
+def read_image(paths: tuple[Path, ...], what: str, expected_channels: int | None = None) -> list[sitk.Image]:
+    """One float32 3D image per channel, all on the same grid, checked for NaN/Inf, and as many
+    channels as the dataset declares (when ``expected_channels`` is given)."""
     channels: list[sitk.Image] = []
     for path in paths:
         channels += _split_channels(_read(path, what), path, what)
+    if expected_channels is not None and len(channels) != expected_channels:
+        raise _channel_mismatch(what, paths, len(channels), expected_channels)
     reference = Geometry.of(channels[0])
     out = []
     for c, image in enumerate(channels):

@@ -12,7 +12,9 @@ The cache lives in ``<cache_dir>/<hash of the settings>/``, so a changed setting
 stale cache. Each case is ``<id>_image.npy`` [C, X, Y, Z] float32, ``<id>_label.npy`` [X, Y, Z]
 uint8, ``<id>_fg.npy`` (sampled foreground voxel coordinates per class) and ``<id>.json`` (the
 original geometry and crop box), written atomically with the JSON last: a case whose JSON exists
-is complete, so a second run does nothing and an interrupted one leaves no corrupt case.
+is complete, so a second run does nothing and an interrupted one leaves no corrupt case. A second
+run still checks each finished case's array headers and sizes (cheap), so outside damage to the
+cache is reported, naming the file, rather than trained on.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from nastk.data.dataset import Case, DatasetInfo, read_dataset
-from nastk.data.imageio import Geometry, from_array, read_image, read_label, to_array
+from nastk.data.imageio import Geometry, check_headers, from_array, read_image, read_label, to_array
 from nastk.errors import DataError
-from nastk.io import atomic_write_bytes, atomic_write_text
+from nastk.io import atomic_write_bytes, atomic_write_text, make_dir, remove_stale_temps
 from nastk.progress import track
 
 VERSION = 1
@@ -119,9 +121,9 @@ def _crop(array: np.ndarray, box) -> np.ndarray:
 
 
 def _foreground_samples(args) -> list[np.ndarray]:
-    case, allowed, seed = args
+    case, allowed, seed, n_channels = args
     what = f"case {case.id}"
-    channels = read_image(case.images, what)
+    channels = read_image(case.images, what, n_channels)
     label = to_array(read_label(case.label, Geometry.of(channels[0]), allowed, what)) > 0
     rng = np.random.default_rng([seed, int(hashlib.sha256(case.id.encode()).hexdigest()[:8], 16)])
     out = []
@@ -138,7 +140,7 @@ def ct_statistics(
 ) -> dict[int, dict[str, float]]:
     """Dataset foreground statistics per CT channel: 0.5/99.5 percentiles, and mean/std after clipping."""
     allowed = set(info.labels)
-    jobs = [(case, allowed, 0) for case in info.training]
+    jobs = [(case, allowed, 0, info.num_channels) for case in info.training]
     samples: list[list[np.ndarray]] = []
     with _pool(workers) as pool:
         for result in track(pool.map(_foreground_samples, jobs), len(jobs), "CT statistics", quiet):
@@ -163,15 +165,19 @@ def ct_statistics(
 
 
 def normalize(image: np.ndarray, mask: np.ndarray, scheme: str, stats: dict[str, float] | None) -> np.ndarray:
+    # In float64: the float32 sum of squares of intensities near 1e18 overflows, and an infinite std
+    # would silently turn the whole case into zeros.
+    image = image.astype(np.float64)
     if scheme == "ct":
         assert stats is not None
-        return (np.clip(image, stats["lo"], stats["hi"]) - stats["mean"]) / max(stats["std"], 1e-8)
+        out = (np.clip(image, stats["lo"], stats["hi"]) - stats["mean"]) / max(stats["std"], 1e-8)
+        return out.astype(np.float32)
     values = image[mask]
     if values.size == 0:
-        return np.zeros_like(image)
+        return np.zeros(image.shape, np.float32)
     out = (image - values.mean()) / max(float(values.std()), 1e-8)
     out[~mask] = 0
-    return out
+    return out.astype(np.float32)
 
 
 def process_case(
@@ -179,7 +185,7 @@ def process_case(
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Read and preprocess one case. Returns (image [C,X,Y,Z], label [X,Y,Z] or None, meta)."""
     what = f"case {case.id}"
-    channels = read_image(case.images, what)
+    channels = read_image(case.images, what, len(plan.normalization))
     original = Geometry.of(channels[0])
     label_img = read_label(case.label, original, labels, what) if case.label is not None else None
     channels = [reorient(c) for c in channels]
@@ -196,6 +202,8 @@ def process_case(
     image = np.stack([_crop(to_array(c), box) for c in channels]).astype(np.float32)
     for c, scheme in enumerate(plan.normalization):
         image[c] = normalize(image[c], mask, scheme, stats.get(c))
+    if not np.isfinite(image).all():
+        raise DataError(f"{what}: {case.images[0]}: intensities are not finite after normalisation")
     label = None
     if label_img is not None:
         label_img = resample(reorient(label_img), plan.spacing, sitk.sitkNearestNeighbor)
@@ -339,12 +347,18 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
         labels=tuple(sorted(info.labels)),
         crop_nonzero=dataset_spec.crop_nonzero,
     )
+    ids = [case.id for case in info.training]
+    splits = json.dumps(make_splits(ids, dataset_spec.num_folds, seed), indent=1)
+    # Everything that can be checked without reading voxels is checked before anything is written.
     out = cache_dir_for(dataset_spec) / plan.key()
-    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     plan_file = out / "plan.json"
-    if plan_file.exists():
-        stats = {int(k): v for k, v in json.loads(plan_file.read_text())["ct_statistics"].items()}
-    else:
+    stats = _cached_plan(plan_file, plan) if plan_file.exists() else None
+    todo = [case for case in info.training if not _case_done(out, case, info.num_channels)]
+    for case in todo:
+        check_headers(case.images, case.label, f"case {case.id}", info.num_channels)
+    make_dir(out)
+    if stats is None:
         ct_channels = [c for c, s in enumerate(plan.normalization) if s == "ct"]
         stats = ct_statistics(info, ct_channels, workers, quiet) if ct_channels else {}
         atomic_write_text(
@@ -355,13 +369,10 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
                 default=list,
             ),
         )
-    todo = [case for case in info.training if not (out / f"{case.id}.json").exists()]
     jobs = [(case, plan, stats, set(info.labels), str(out)) for case in todo]
     with _pool(workers) as pool:
         for _ in track(pool.map(_write_case, jobs), len(jobs), "preprocess", quiet):
             pass
-    ids = [case.id for case in info.training]
-    splits = json.dumps(make_splits(ids, dataset_spec.num_folds, seed), indent=1)
     splits_file = out / "splits.json"
     if not splits_file.exists() or splits_file.read_text() != splits:
         atomic_write_text(splits_file, splits)
@@ -370,28 +381,134 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
 
 def load_plan(plan_file: Path) -> tuple[Plan, dict[int, dict[str, float]]]:
     """The preprocessing plan and CT statistics saved in a cache (or copied into a run)."""
-    data = json.loads(Path(plan_file).read_text())
-    raw = data["plan"]
-    plan = Plan(
-        dataset=raw["dataset"],
-        spacing=tuple(raw["spacing"]),
-        normalization=tuple(raw["normalization"]),
-        labels=tuple(raw["labels"]),
-        crop_nonzero=raw["crop_nonzero"],
-        version=raw["version"],
-    )
-    return plan, {int(k): v for k, v in data["ct_statistics"].items()}
+    plan_file = Path(plan_file)
+    try:
+        data = json.loads(plan_file.read_text())
+        raw = data["plan"]
+        plan = Plan(
+            dataset=str(raw["dataset"]),
+            spacing=tuple(float(v) for v in raw["spacing"]),
+            normalization=tuple(str(v) for v in raw["normalization"]),
+            labels=tuple(int(v) for v in raw["labels"]),
+            crop_nonzero=bool(raw["crop_nonzero"]),
+            version=int(raw["version"]),
+        )
+        stats = {
+            int(k): {name: float(v[name]) for name in ("lo", "hi", "mean", "std")}
+            for k, v in data["ct_statistics"].items()
+        }
+    except FileNotFoundError:
+        raise DataError(f"{plan_file}: preprocessing plan not found") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise DataError(f"{plan_file}: not a readable preprocessing plan ({detail})") from None
+    if len(plan.spacing) != 3 or not set(plan.normalization) <= {"ct", "zscore_nonzero"}:
+        raise DataError(f"{plan_file}: not a readable preprocessing plan (bad spacing or normalization)")
+    missing = [c for c, scheme in enumerate(plan.normalization) if scheme == "ct" and c not in stats]
+    if missing:
+        raise DataError(f"{plan_file}: no CT statistics for channel(s) {missing}")
+    return plan, stats
+
+
+def _cached_plan(plan_file: Path, plan: Plan) -> dict[int, dict[str, float]]:
+    """CT statistics of a cache folder whose plan.json must be intact and be this plan."""
+    try:
+        saved, stats = load_plan(plan_file)
+    except DataError as exc:
+        raise DataError(f"{exc}; delete {plan_file.parent} to rebuild the cache") from None
+    if saved != plan:
+        raise DataError(
+            f"{plan_file}: the plan in this cache folder is not the one its name stands for; "
+            f"delete {plan_file.parent} to rebuild the cache"
+        )
+    return stats
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def npy_problem(path: Path, shape: tuple[int, ...] | None, dtype: np.dtype) -> str | None:
+    """Why ``path`` is not a complete .npy array of ``dtype`` (and ``shape`` where given), or None.
+
+    Reads only the header and the file size, so checking a whole cache costs no voxel reads.
+    """
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = _NPY_HEADERS.get(version)
+            if read_header is None:
+                return f"unsupported .npy version {version}"
+            header = read_header(fh)
+            offset = fh.tell()
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError, EOFError, SyntaxError) as exc:
+        return f"unreadable header: {str(exc).splitlines()[0][:120] or type(exc).__name__}"
+    got_shape, _, got_dtype = header
+    if got_dtype != np.dtype(dtype):
+        return f"dtype {got_dtype}, expected {np.dtype(dtype)}"
+    if shape is not None and tuple(got_shape) != tuple(shape):
+        return f"shape {list(got_shape)}, expected {list(shape)}"
+    size = offset + int(np.prod(got_shape, dtype=np.int64)) * got_dtype.itemsize
+    actual = path.stat().st_size
+    if actual != size:
+        return f"{actual} bytes, expected {size} (truncated or padded)"
+    return None
+
+
+def _case_done(out: Path, case: Case, channels: int) -> bool:
+    if not (out / f"{case.id}.json").exists():
+        return False
+    check_cached_case(out, case, channels)
+    return True
+
+
+def check_cached_case(out: Path, case: Case, channels: int) -> None:
+    """A finished case's files are whole: its JSON parses and each array has the header and size it
+    should. Atomic writes make a half-written case impossible, so a damaged one means damage from
+    outside (a disk error, a manual copy): it is reported rather than silently trained on."""
+    meta_file = out / f"{case.id}.json"
+    hint = f"delete {out} to rebuild the cache"
+    try:
+        meta = json.loads(meta_file.read_text())
+        shape = tuple(int(v) for v in meta["shape"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{meta_file}: damaged cache file ({type(exc).__name__}); {hint}") from None
+    arrays = [(f"{case.id}_image.npy", (channels, *shape), np.float32)]
+    if case.label is not None:
+        arrays += [(f"{case.id}_label.npy", shape, np.uint8), (f"{case.id}_fg.npy", None, np.int32)]
+    for name, expected, dtype in arrays:
+        problem = npy_problem(out / name, expected, dtype)
+        if problem:
+            raise DataError(f"{out / name}: damaged cache file ({problem}); {hint}")
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{path}: damaged cache file ({detail}); delete {path.parent} to rebuild the cache"
+        ) from None
 
 
 def load_case(
     cache_root: Path, case_id: str, mmap: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    mode = "r" if mmap else None
-    image = np.load(cache_root / f"{case_id}_image.npy", mmap_mode=mode)
+    image = _load_npy(cache_root / f"{case_id}_image.npy", mmap)
     label_file = cache_root / f"{case_id}_label.npy"
-    label = np.load(label_file, mmap_mode=mode) if label_file.exists() else None
-    meta = json.loads((cache_root / f"{case_id}.json").read_text())
+    label = _load_npy(label_file, mmap) if label_file.exists() else None
+    meta_file = cache_root / f"{case_id}.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{meta_file}: damaged cache file ({type(exc).__name__})") from None
     return image, label, meta
+
+
+def load_foreground(cache_root: Path, case_id: str) -> np.ndarray:
+    return _load_npy(Path(cache_root) / f"{case_id}_fg.npy", mmap=False)
 
 
 def restore_geometry(label: np.ndarray, meta: dict) -> sitk.Image:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from nastk.data.preprocess import load_case
+from nastk.data.preprocess import load_case, load_foreground
 
 
 class PatchDataset(Dataset):
@@ -44,7 +44,7 @@ class PatchDataset(Dataset):
         # Opened lazily in each worker: memory maps are cheap and not shared across fork boundaries.
         if case_id not in self._cases:
             image, label, _ = load_case(self.cache_root, case_id, mmap=True)
-            fg = np.load(self.cache_root / f"{case_id}_fg.npy")
+            fg = load_foreground(self.cache_root, case_id)
             self._cases[case_id] = (image, label, fg)
         return self._cases[case_id]
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from nastk.io import atomic_write_bytes, make_dir
 
 __all__ = ["LABEL_NAMES", "threshold_baseline", "threshold_baseline_dice", "write_synthetic_task"]
 
@@ -253,18 +253,6 @@ def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then ``os.replace`` it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_synthetic_task(
     out: str | Path,
     cases: int = 12,
@@ -301,15 +289,15 @@ def write_synthetic_task(
 
     out = Path(out)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+        make_dir(out / sub)
     first_test = -(-cases // 100) * 100
     training, test = [], []
     for case_id in [*range(cases), *range(first_test, first_test + test_cases)]:
         image, label, affine = _make_case(int(seed), case_id, int(size), int(classes))
         fname = f"synth_{case_id:03d}.nii.gz"
         split = "Tr" if case_id < cases else "Ts"
-        _atomic_write(out / f"images{split}" / fname, _nifti_bytes(image, affine))
-        _atomic_write(out / f"labels{split}" / fname, _nifti_bytes(label, affine))
+        atomic_write_bytes(out / f"images{split}" / fname, _nifti_bytes(image, affine))
+        atomic_write_bytes(out / f"labels{split}" / fname, _nifti_bytes(label, affine))
         if split == "Tr":
             training.append({"image": f"./imagesTr/{fname}", "label": f"./labelsTr/{fname}"})
         else:
@@ -332,7 +320,7 @@ def write_synthetic_task(
         "training": training,
         "test": test,
     }
-    _atomic_write(out / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
     return out
 
 

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
+from nastk.errors import DataError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -26,14 +28,23 @@ class Dist:
         return self.world_size > 1
 
 
+def device_kind(device: str | None) -> str:
+    """ "cpu" or "cuda": the one asked for (checked to exist), or whatever is available."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise DataError(f"--device: {device!r} is not cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda: no CUDA device is available to this torch build; use --device cpu")
+    return device
+
+
 def setup(device: str | None = None) -> Dist:
     """Read torchrun's environment; init the process group (NCCL on GPU, gloo on CPU) when world > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+    kind = device_kind(device)
     dev = torch.device(f"cuda:{local}") if kind == "cuda" else torch.device("cpu")
     if kind == "cuda":
         torch.cuda.set_device(dev)

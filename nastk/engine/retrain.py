@@ -8,6 +8,7 @@ validation cases every ``val_every`` iterations and keeps the best and the final
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,8 @@ from nastk.engine.schedule import lr_lambda
 from nastk.engine.search import per_rank_batch
 from nastk.errors import DataError, NastkError
 from nastk.inference.sliding_window import sliding_window_predict
-from nastk.io import atomic_write_text
+from nastk.io import atomic_write_text, make_dir, remove_stale_temps
+from nastk.lock import run_lock
 from nastk.objective import build_losses
 from nastk.spec import Spec, dump_spec
 
@@ -60,6 +62,10 @@ def load_architecture(spec: Spec, arch_path: Path):
             f"{arch_path}: architecture file not found (run `nastk search` or `nastk decode` first)"
         )
     arch = space.load_arch(arch_path)
+    mismatch = getattr(arch, "spec_mismatch", None)
+    problem = mismatch(spec.space.params) if mismatch else None
+    if problem:
+        raise DataError(f"{arch_path}: {problem}")
     missing = [o for o in arch.op_names if o not in registry.names("ops")]
     if missing:
         raise DataError(f"{arch_path}: uses ops that are not installed: {', '.join(missing)}")
@@ -115,7 +121,8 @@ def run_retrain(spec: Spec, arch_path: Path, fold: str, opts: RunOptions) -> lis
     folds = parse_folds(fold, spec.dataset.num_folds)
     dist = dd.setup(opts.device)
     try:
-        return [_retrain_fold(spec, space, arch, k, opts, dist) for k in folds]
+        with run_lock(opts.out) if dist.is_main else contextlib.nullcontext():
+            return [_retrain_fold(spec, space, arch, k, opts, dist) for k in folds]
     finally:
         dd.teardown(dist)
 
@@ -143,6 +150,8 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
     out = Path(opts.out) / "retrain" / f"fold_{fold}"
     ckpt_path = out / "checkpoint.pt"
     if dist.is_main:
+        for folder in (Path(opts.out), out):
+            remove_stale_temps(folder)
         if ckpt_path.exists() and not opts.resume and not (out / "model_final.pt").exists():
             raise NastkError(f"{ckpt_path}: a retrain already ran here; pass --resume to continue")
         if (out / "model_final.pt").exists() and not opts.resume:
@@ -151,9 +160,6 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
     batch = per_rank_batch(spec.search.batch_size * r.batch_multiplier, dist.world_size, "retrain batch")
     if dist.is_main:
         cache = preprocess(spec.dataset, seed=spec.seed, quiet=opts.quiet)
-        # predict needs the same preprocessing, even where the training data is not at hand
-        Path(opts.out).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(opts.out) / "plan.json", (cache.root / "plan.json").read_text())
     dd.barrier(dist)
     if not dist.is_main:
         cache = preprocess(spec.dataset, seed=spec.seed, quiet=True)
@@ -176,17 +182,19 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
     total = r.warmup_iters + r.iters
     start, best = 0, -1.0
     if opts.resume and ckpt_path.exists():
-        state = ckpt.load(ckpt_path)
+        parts = {"model": net, "opt": opt, "sched": sched, "scaler": scaler}
+        state = ckpt.load(ckpt_path, required=(*parts, "rng", "iteration", "best", "spec_hash"))
         if state["spec_hash"] != ckpt.spec_hash(spec):
             raise NastkError(
                 f"{ckpt_path}: the spec changed since this checkpoint; resume with the same spec"
             )
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
-        start, best = int(state["iteration"]), float(state["best"])
+        start, best = ckpt.iteration(ckpt_path, state, total), ckpt.number(ckpt_path, state, "best")
+        ckpt.restore(ckpt_path, state, parts)
+        ckpt.restore_rng(ckpt_path, state)
+    if dist.is_main:  # predict needs the same preprocessing, even where the training data is not at hand
+        plan_text, plan_copy = (cache.root / "plan.json").read_text(), Path(opts.out) / "plan.json"
+        if not plan_copy.is_file() or plan_copy.read_text() != plan_text:
+            atomic_write_text(plan_copy, plan_text)
     if start >= total:
         return out
     model = dd.wrap(net, dist)
@@ -194,7 +202,7 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
         model = torch.compile(model)
     log = val_log = None
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out)
         atomic_write_text(Path(opts.out) / "spec.yaml", dump_spec(spec)) if not (
             Path(opts.out) / "spec.yaml"
         ).exists() else None

@@ -14,6 +14,7 @@ architecture gradients are averaged over ranks explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 from pathlib import Path
@@ -44,7 +45,8 @@ from nastk.engine.common import (
 from nastk.engine.options import RunOptions
 from nastk.engine.schedule import lr_lambda
 from nastk.errors import DataError, NastkError
-from nastk.io import atomic_write_bytes, atomic_write_text
+from nastk.io import atomic_write_bytes, atomic_write_text, make_dir, remove_stale_temps
+from nastk.lock import run_lock
 from nastk.objective import arch_objective, build_losses
 from nastk.protocols import Diagnoses, NeedsSetting
 from nastk.setting import retrain_setting, spec_budget, uses_gb_budget
@@ -103,7 +105,8 @@ def decode_run(spec: Spec, run: Path, quiet: bool = False):
 def run_search(spec: Spec, opts: RunOptions) -> Path:
     dist = dd.setup(opts.device)
     try:
-        return _search(spec, opts, dist)
+        with run_lock(opts.out) if dist.is_main else contextlib.nullcontext():
+            return _search(spec, opts, dist)
     finally:
         dd.teardown(dist)
 
@@ -114,6 +117,8 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
     out = run / "search"
     ckpt_path = out / "checkpoint.pt"
     if dist.is_main:
+        for folder in (run, out):
+            remove_stale_temps(folder)
         if ckpt_path.exists() and not opts.resume:
             raise NastkError(
                 f"{ckpt_path}: a search already ran here; pass --resume to continue or use another --out"
@@ -168,19 +173,16 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
 
     start = 0
     if opts.resume:
-        state = ckpt.load(ckpt_path)
+        parts = {"model": net, "opt_w": opt_w, "opt_a": opt_a, "sched": sched}
+        parts.update(scaler_w=scaler_w, scaler_a=scaler_a)
+        state = ckpt.load(ckpt_path, required=(*parts, "rng", "iteration", "spec_hash"))
         if state["spec_hash"] != ckpt.spec_hash(spec):
             raise NastkError(
                 f"{ckpt_path}: the spec changed since this checkpoint; resume with the same spec"
             )
-        net.load_state_dict(state["model"])
-        opt_w.load_state_dict(state["opt_w"])
-        opt_a.load_state_dict(state["opt_a"])
-        sched.load_state_dict(state["sched"])
-        scaler_w.load_state_dict(state["scaler_w"])
-        scaler_a.load_state_dict(state["scaler_a"])
-        ckpt.set_rng_state(state["rng"])
-        start = int(state["iteration"])
+        start = ckpt.iteration(ckpt_path, state, total_iterations(s))
+        ckpt.restore(ckpt_path, state, parts)
+        ckpt.restore_rng(ckpt_path, state)
     weights = net.weight_parameters()
     # Weight steps run with the architecture frozen; only the architecture step flips this, and flips
     # it back. DDP registers only the parameters that require grad when it wraps the model: the weights.
@@ -193,7 +195,7 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
     joint_start = s.warmup_iters + s.weight_iters
     log = None
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        make_dir(out)
         atomic_write_text(run / "spec.yaml", dump_spec(spec))
         log = CsvLog(out / "log.csv", resume_from=start - 1 if opts.resume else None)
 

@@ -10,13 +10,17 @@ import torch
 
 from nastk import registry
 from nastk.data.dataset import IMAGE_SUFFIXES, Case, read_dataset, strip_suffix
+from nastk.data.imageio import check_headers
 from nastk.data.preprocess import load_plan, preprocess, process_case, restore_geometry
 from nastk.engine.checkpoint import load as load_checkpoint
-from nastk.errors import DataError
+from nastk.engine.checkpoint import restore
+from nastk.engine.distributed import device_kind
+from nastk.errors import DataError, one_line
 from nastk.inference.ensemble import mean_probabilities, vote
 from nastk.inference.postprocess import largest_component
 from nastk.inference.sliding_window import sliding_window_predict
 from nastk.inference.writer import write_label
+from nastk.io import make_dir, remove_stale_temps
 from nastk.progress import track
 from nastk.spec import Spec
 
@@ -97,7 +101,40 @@ class _CaseBars:
         return update
 
 
-def load_fold_models(run: Path, folds: list[int] | None, which: str, device: torch.device):
+MODEL_KEYS = ("model", "arch", "space", "in_channels", "num_classes", "filter_multiplier")
+
+
+def _fold_model(path: Path, spec_io: tuple[int, int], device: torch.device) -> torch.nn.Module:
+    """The network of a retrained model file, every failure one line naming the file."""
+    state = load_checkpoint(path, required=MODEL_KEYS)
+    space = registry.load("spaces", str(state["space"]))
+    if not hasattr(space, "load_arch_from_text"):
+        raise DataError(f"{path}: space {state['space']!r} cannot rebuild a network from a checkpoint")
+    try:
+        arch = space.load_arch_from_text(state["arch"])
+    except (DataError, ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+        detail = one_line(exc).removeprefix("<checkpoint>: ")
+        raise DataError(f"{path}: 'arch' is not a valid architecture ({detail})") from None
+    io = (state["in_channels"], state["num_classes"])
+    if io != spec_io:
+        raise DataError(
+            f"{path}: the model takes {io[0]} channel(s) and predicts {io[1]} classes, the spec "
+            f"{spec_io[0]} and {spec_io[1]}"
+        )
+    ops = {name: registry.load("ops", name) for name in arch.op_names}
+    try:
+        net = space.build_network(
+            arch, ops, int(io[0]), int(io[1]), filter_multiplier=float(state["filter_multiplier"])
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DataError(f"{path}: cannot build its network ({one_line(exc)})") from None
+    restore(path, state, {"model": net})
+    return net.to(device).eval()
+
+
+def load_fold_models(
+    run: Path, folds: list[int] | None, which: str, device: torch.device, spec_io: tuple[int, int]
+):
     root = run / "retrain"
     available = sorted(
         int(p.name.split("_")[1]) for p in root.glob("fold_*") if (p / f"model_{which}.pt").exists()
@@ -112,21 +149,8 @@ def load_fold_models(run: Path, folds: list[int] | None, which: str, device: tor
         )
     models = []
     for k in folds:
-        state = load_checkpoint(root / f"fold_{k}" / f"model_{which}.pt")
-        space = registry.load("spaces", state["space"])
-        arch = space.load_arch_from_text(state["arch"]) if hasattr(space, "load_arch_from_text") else None
-        if arch is None:
-            raise DataError(f"space {state['space']!r} cannot rebuild a network from a checkpoint")
-        ops = {name: registry.load("ops", name) for name in arch.op_names}
-        net = space.build_network(
-            arch,
-            ops,
-            state["in_channels"],
-            state["num_classes"],
-            filter_multiplier=state["filter_multiplier"],
-        )
-        net.load_state_dict(state["model"])
-        models.append(net.to(device).eval())
+        path = root / f"fold_{k}" / f"model_{which}.pt"
+        models.append(_fold_model(path, spec_io, device))
     return folds, models
 
 
@@ -141,7 +165,7 @@ def run_predict(
     device: str | None = None,
     quiet: bool = False,
 ) -> list[Path]:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(device_kind(device))
     inf = spec.inference
     if (Path(run) / "plan.json").is_file():  # written by retrain: no training data needed here
         plan, stats = load_plan(Path(run) / "plan.json")
@@ -149,7 +173,12 @@ def run_predict(
         cache = preprocess(spec.dataset, seed=spec.seed, quiet=True)
         plan, stats = load_plan(cache.root / "plan.json")
     cases = input_cases(Path(input_path), spec.dataset.in_channels)
-    folds, models = load_fold_models(Path(run), folds, which, dev)
+    for case in cases:
+        check_headers(case.images, None, f"case {case.id}", spec.dataset.in_channels)
+    spec_io = (spec.dataset.in_channels, spec.dataset.num_classes)
+    folds, models = load_fold_models(Path(run), folds, which, dev, spec_io)
+    make_dir(output)  # after every check: a bad model leaves no empty output folder behind
+    remove_stale_temps(output)
     classes = (
         list(range(1, spec.dataset.num_classes))
         if inf.largest_component is True

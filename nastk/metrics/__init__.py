@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nastk.metrics.dice import dice
-from nastk.metrics.evaluate import evaluate_case, evaluate_files
+from nastk.metrics.evaluate import evaluate_case, evaluate_files, evaluate_missing
 from nastk.metrics.surface import surface_dice
 
-__all__ = ["dice", "evaluate_case", "evaluate_files", "surface_dice"]
+__all__ = ["dice", "evaluate_case", "evaluate_files", "evaluate_missing", "surface_dice"]

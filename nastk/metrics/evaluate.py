@@ -12,7 +12,7 @@ from nastk.errors import DataError
 from nastk.metrics.dice import dice
 from nastk.metrics.surface import surface_dice
 
-__all__ = ["evaluate_case", "evaluate_files"]
+__all__ = ["evaluate_case", "evaluate_files", "evaluate_missing"]
 
 GEOMETRY_ATOL = 1e-3
 
@@ -58,11 +58,14 @@ def _fmt(values: Sequence[float]) -> str:
 
 
 def _read(path: str | Path, role: str, case_id: str) -> sitk.Image:
+    from nastk.data.imageio import READ_ERRORS, read_file
+
+    what = f"case {case_id!r}: {role} file"
     try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "unreadable")
-        raise DataError(f"case {case_id!r}: cannot read {role} file {path}: {reason}") from None
+        img = read_file(Path(path), what)
+    except READ_ERRORS as exc:
+        reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise DataError(f"case {case_id!r}: cannot read {role} file {path}: {reason[:200]}") from None
     if img.GetDimension() != 3:
         raise DataError(f"case {case_id!r}: {role} file {path} is {img.GetDimension()}D, expected 3D")
     if img.GetNumberOfComponentsPerPixel() != 1:
@@ -120,4 +123,14 @@ def evaluate_files(
     pred = _labels(pred_img, pred_path, "prediction", case_id, allowed)
     ref = _labels(ref_img, ref_path, "reference", case_id, allowed)
     rows = evaluate_case(pred, ref, ref_img.GetSpacing(), classes, tolerances)
+    return [{"case": case_id, **row} for row in rows]
+
+
+def evaluate_missing(
+    ref_path: str | Path, classes: Sequence[int], tolerances: Mapping[int, float], case_id: str
+) -> list[dict]:
+    """:func:`evaluate_files` for a case without a prediction, scored as an empty (all-background) one."""
+    ref_img = _read(ref_path, "reference", case_id)
+    ref = _labels(ref_img, ref_path, "reference", case_id, {0, *(int(c) for c in classes)})
+    rows = evaluate_case(np.zeros_like(ref), ref, ref_img.GetSpacing(), classes, tolerances)
     return [{"case": case_id, **row} for row in rows]

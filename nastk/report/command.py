@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from nastk import registry
 from nastk.data.dataset import IMAGE_SUFFIXES, read_dataset, strip_suffix
 from nastk.errors import DataError
 from nastk.io import atomic_write_text
-from nastk.metrics import evaluate_files
+from nastk.metrics import evaluate_files, evaluate_missing
 from nastk.progress import track
 from nastk.report.figures import dice_distribution, search_curves
 from nastk.report.leaderboard import cases_frame, write_report
@@ -21,15 +22,35 @@ from nastk.spec import Spec, load_spec
 DEFAULT_TOLERANCE_MM = 1.0
 
 
+MISSING_POLICIES = ("error", "empty")
+SCORED_EMPTY = "missing, scored as empty"
+
+
 def parse_tolerances(items: list[str]) -> dict[int, float]:
     out = {}
     for item in items:
         try:
             cls, mm = item.split("=")
-            out[int(cls)] = float(mm)
+            label, value = int(cls), float(mm)
         except ValueError:
             raise DataError(f"--tolerance: {item!r} is not CLASS=MM, e.g. 1=2.0") from None
+        if not (math.isfinite(value) and value >= 0):
+            raise DataError(f"--tolerance: {item!r}: the tolerance must be a finite number of mm >= 0")
+        out[label] = value
     return out
+
+
+def check_tolerance_classes(
+    tolerances: dict[int, float], classes: list[int], source: str, where: str
+) -> None:
+    """Every class given a tolerance is a foreground class of the task (``where`` names the option or
+    field, ``source`` the file the classes come from)."""
+    unknown = sorted(set(tolerances) - set(classes))
+    if unknown:
+        raise DataError(
+            f"{where}: class(es) {unknown} are not foreground classes of {source} "
+            f"(classes: {', '.join(map(str, classes)) or 'none'})"
+        )
 
 
 def _files(folder: Path) -> dict[str, Path]:
@@ -40,36 +61,64 @@ def _files(folder: Path) -> dict[str, Path]:
     }
 
 
-def references(ref: Path) -> tuple[dict[str, Path], dict[int, str]]:
+def references(ref: Path) -> tuple[dict[str, Path], dict[int, str], list[set[str]]]:
     """Reference label files by case id: a folder of labels, or a dataset.json (labelsTr, and labelsTs
-    when present) with its declared labels."""
+    when present) with its declared labels; and the groups of cases that are scored together (a
+    dataset.json's training cases, its test cases; a folder's files)."""
     if ref.name == "dataset.json" or (ref / "dataset.json").is_file():
         info = read_dataset(ref.parent if ref.name == "dataset.json" else ref)
         refs = {c.id: c.label for c in info.training}
+        groups = [set(refs)]
         if (info.root / "labelsTs").is_dir():
-            refs.update(_files(info.root / "labelsTs"))
-        return refs, info.labels
+            test = _files(info.root / "labelsTs")
+            refs.update(test)
+            groups.append(set(test))
+        return refs, info.labels, groups
     if not ref.is_dir():
         raise DataError(f"{ref}: not a folder of labels or a dataset.json")
-    return _files(ref), {}
+    refs = _files(ref)
+    return refs, {}, [set(refs)]
 
 
 def evaluate_folder(
-    pred: Path, ref: Path, classes: list[int], tolerances: dict[int, float], quiet: bool
+    pred: Path,
+    ref: Path,
+    classes: list[int],
+    tolerances: dict[int, float],
+    quiet: bool,
+    missing: str = "error",
 ) -> pd.DataFrame:
+    """Scores of every prediction in ``pred``; a ``prediction`` column says which cases had none.
+
+    The cases expected are every reference case of the groups the predictions fall in. Cases without
+    a prediction are an error, or with ``missing="empty"`` scored as empty predictions: silently
+    ranking over fewer cases would compare methods on different data.
+    """
     if not pred.is_dir():
         raise DataError(f"{pred}: predictions folder not found")
     preds = _files(pred)
     if not preds:
         raise DataError(f"{pred}: no predictions")
-    refs, _ = references(ref)
-    missing = sorted(set(preds) - set(refs))
-    if missing:
-        raise DataError(f"case {missing[0]!r}: no reference label in {ref} ({len(missing)} case(s) missing)")
+    refs, _, groups = references(ref)
+    extra = sorted(set(preds) - set(refs))
+    if extra:
+        raise DataError(f"case {extra[0]!r}: no reference label in {ref} ({len(extra)} case(s) missing)")
+    expected = set().union(*(g for g in groups if g & set(preds)))
+    absent = sorted(expected - set(preds))
+    if absent and missing != "empty":
+        shown = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
+        raise DataError(
+            f"{pred}: no prediction for {len(absent)} of the {len(expected)} reference cases ({shown}); "
+            "predict them, or pass --missing empty to score them as empty predictions"
+        )
     rows = []
     tol = {c: tolerances.get(c, DEFAULT_TOLERANCE_MM) for c in classes}
     for case_id in track(sorted(preds), len(preds), "evaluate", quiet):
-        rows += evaluate_files(preds[case_id], refs[case_id], classes, tol, case_id)
+        scores = evaluate_files(preds[case_id], refs[case_id], classes, tol, case_id)
+        rows += [{**r, "prediction": "file"} for r in scores]
+    for case_id in absent:
+        scores = evaluate_missing(refs[case_id], classes, tol, case_id)
+        rows += [{**r, "prediction": SCORED_EMPTY} for r in scores]
     return cases_frame(rows)
 
 
@@ -120,17 +169,21 @@ def run_report(
     reference: bool,
     task: str | None,
     quiet: bool = False,
+    missing: str = "error",
 ) -> dict[str, Path]:
+    if missing not in MISSING_POLICIES:
+        raise DataError(f"--missing: {missing!r} is not one of {', '.join(MISSING_POLICIES)}")
     frames: dict[str, pd.DataFrame] = {}
     class_names: dict[int, str] = {}
     arch_rows = []
     if pred is not None:
         if runs or ref is None:
             raise DataError("give either RUN directories, or --pred DIR with --ref DIR|dataset.json")
-        _, names = references(ref)
+        _, names, _ = references(ref)
         classes = sorted(c for c in names if c > 0) or _classes_in(pred)
+        check_tolerance_classes(tolerances, classes, str(ref) if names else f"{pred} or {ref}", "--tolerance")
         class_names = names
-        frames[pred.name] = evaluate_folder(pred, ref, classes, tolerances, quiet)
+        frames[pred.name] = evaluate_folder(pred, ref, classes, tolerances, quiet, missing)
         out = out or pred.parent / "report"
         task = task or (
             read_dataset(ref.parent if ref.name == "dataset.json" else ref).name if names else pred.name
@@ -147,12 +200,17 @@ def run_report(
             info = read_dataset(spec.dataset.root, spec.dataset.format)
             class_names = info.labels
             classes = sorted(c for c in info.labels if c > 0)
-            tol = {**{int(k): v for k, v in spec.dataset.nsd_tolerance.items()}, **tolerances}
+            source = str(info.root / "dataset.json")
+            spec_tol = {int(k): v for k, v in spec.dataset.nsd_tolerance.items()}
+            check_tolerance_classes(spec_tol, classes, source, f"{run / 'spec.yaml'}: dataset.nsd_tolerance")
+            check_tolerance_classes(tolerances, classes, source, "--tolerance")
+            tol = {**spec_tol, **tolerances}
             name = run.name if run.name not in frames else str(run)
-            frames[name] = evaluate_folder(run / "predictions", info.root, classes, tol, quiet)
+            frames[name] = evaluate_folder(run / "predictions", info.root, classes, tol, quiet, missing)
             arch_rows.append(architecture_row(run, spec))
             task = task or info.name
         out = out or (runs[0] / "report" if len(runs) == 1 else Path("report"))
+        _same_cases(frames, runs)
     paths = write_report(out, frames, task, class_names, reference=reference)
     all_cases = (
         pd.concat([f.assign(method=m) for m, f in frames.items()])
@@ -183,10 +241,25 @@ def run_report(
     return paths
 
 
+def _same_cases(frames: dict[str, pd.DataFrame], runs: list[Path]) -> None:
+    """Methods ranked together must be scored on the same cases."""
+    cases = [set(frame["case"]) for frame in frames.values()]
+    first = next(iter(frames))
+    for got, run in zip(cases, runs):
+        if got != cases[0]:
+            raise DataError(
+                f"{run / 'predictions'}: scored on {len(got)} cases, {first} on {len(cases[0])}; "
+                "methods ranked together must predict the same cases"
+            )
+
+
 def _classes_in(folder: Path) -> list[int]:
     import SimpleITK as sitk
 
+    from nastk.metrics.evaluate import _read
+
     values: set[int] = set()
-    for path in _files(folder).values():
-        values |= {int(v) for v in np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(str(path))))}
+    for case_id, path in _files(folder).items():
+        image = _read(path, "prediction", case_id)
+        values |= {int(v) for v in np.unique(sitk.GetArrayViewFromImage(image))}
     return sorted(values - {0})

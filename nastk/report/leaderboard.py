@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from nastk.errors import DataError
-from nastk.io import atomic_write_text
+from nastk.io import atomic_write_text, make_dir
 
 CASE_COLUMNS: tuple[str, ...] = ("case", "class", "dsc", "nsd", "tolerance")
 THIS_RUN = "this run"
@@ -119,8 +119,10 @@ def summary(cases: pd.DataFrame, class_names: Mapping[int, str] | None = None) -
                 means[metric].append(entry[metric]["mean"])
         name = class_name(int(label), class_names)
         classes[name if name not in classes else f"{name} ({int(label)})"] = entry
+    missing = cases.loc[cases["prediction"] != "file", "case"] if "prediction" in cases.columns else []
     return {
         "n_cases": int(cases["case"].nunique()),
+        "n_missing_scored_empty": int(pd.Series(missing).nunique()),
         "nan_policy": NAN_POLICY,
         "classes": classes,
         "mean_over_classes": {m: (_num(np.mean(v)) if v else None) for m, v in means.items()},
@@ -275,6 +277,21 @@ def _tolerance_note(method_frames: Mapping[str, pd.DataFrame], class_names) -> s
     return ", ".join(parts) if parts else "not given"
 
 
+def _predictions_note(method_frames: Mapping[str, pd.DataFrame]) -> str | None:
+    """Which reference cases had no prediction and were scored as empty ones (``prediction`` column)."""
+    if not all("prediction" in f.columns for f in method_frames.values()):
+        return None
+    parts = []
+    for method, f in method_frames.items():
+        empty = sorted(set(f.loc[f["prediction"] != "file", "case"]))
+        if empty:
+            shown = ", ".join(empty[:10]) + (", ..." if len(empty) > 10 else "")
+            parts.append(f"{method}: {len(empty)} of {f['case'].nunique()} ({shown})")
+    if not parts:
+        return "Predictions: every reference case has one."
+    return "Missing predictions scored as empty (--missing empty): " + "; ".join(parts) + "."
+
+
 def write_report(
     out_dir: str | Path,
     method_frames: Mapping[str, pd.DataFrame],
@@ -292,7 +309,6 @@ def write_report(
     Returns ``{"cases": path, "summary": path, "leaderboard_csv": path, "leaderboard_md": path}``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     board = leaderboard(method_frames, task, reference=reference)
 
     frames = []
@@ -314,6 +330,9 @@ def write_report(
         f"NSD tolerance: {_tolerance_note(method_frames, class_names)}.",
         "Ranked by " + " then ".join(_sort_keys(board.columns)) + ", descending.",
     ]
+    predictions = _predictions_note(method_frames)
+    if predictions:
+        legend.append(predictions)
     if reference:
         from nastk.report.paper import SOURCE
 
@@ -332,6 +351,7 @@ def write_report(
         "leaderboard_csv": out / "leaderboard.csv",
         "leaderboard_md": out / "leaderboard.md",
     }
+    make_dir(out)
     atomic_write_text(paths["cases"], cases.to_csv(index=False))
     atomic_write_text(paths["summary"], json.dumps(summ, indent=2, allow_nan=False) + "\n")
     atomic_write_text(paths["leaderboard_csv"], board.to_csv(index=False))

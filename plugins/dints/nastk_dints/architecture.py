@@ -72,6 +72,17 @@ class Architecture:
     def input_depths(self) -> list[int]:
         return [int(d) for d in np.flatnonzero(self.node_active[0])]
 
+    def spec_mismatch(self, space_params: dict[str, Any]) -> str | None:
+        """Why a spec with these ``space.params`` cannot train this architecture, or None.
+
+        The spec's depths set the patch divisor its sizes were validated against; a network with
+        more depths would not divide the patches, one with fewer is not what the spec describes.
+        """
+        depths = space_params.get("depths")
+        if depths is not None and int(depths) != self.depths:
+            return f"'depths' is {self.depths} but the spec's space.params.depths is {depths}"
+        return None
+
     def is_feasible(self) -> bool:
         """Every active node of layers 1..L-1 feeds the next layer, and nothing else does."""
         topo = topology(self.depths)

@@ -7,14 +7,14 @@ to (layer i, target), coloured by its op; active feature nodes are filled circle
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from nastk.io import atomic_write_bytes
 from nastk_dints.architecture import Architecture
 from nastk_dints.topology import edge_list
 
@@ -80,13 +80,7 @@ def draw(arch: Architecture, path: str | Path) -> Path:
         handles=handles, loc="outside lower center", ncol=min(len(handles), 7), frameon=False, fontsize=8
     )
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
     return path
