@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The bench suite on a GPU machine, about 5 minutes: the side-by-side table with AMP off and on,
-# one search step at the paper's configuration (96^3, L=12, D=4, 16 filters), and sliding-window
-# inference. Needs `pip install -e .[bench]`. Record the output in the README with card and date.
+# The bench suite on a GPU machine, about 7 minutes: the side-by-side table with AMP off and on,
+# one search step at the paper's configuration (96^3, L=12, D=4, 16 filters), sliding-window
+# inference, and the memory-budget sweep with the estimated training memory against
+# torch.cuda.max_memory_allocated (budget runs, and the published architecture at the paper's
+# retraining setting with AMP off and bf16). Needs `pip install -e .[bench]`. Record the output in
+# the README with card and date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python - <<'PY'
@@ -13,3 +16,4 @@ python -m bench --quick --device cuda
 python -m bench --quick --device cuda --amp
 python -m bench --paper-step --device cuda --amp
 python bench/predict.py --device cuda --filters 16 --size 192 192 160 --patch 96 --stride 48
+python bench/sigma_sweep.py --device cuda --joint-iters 40 --out /tmp/nastk-sigma-gpu --quiet

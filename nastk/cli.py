@@ -177,7 +177,7 @@ def decode(
         if len(archs) < top_k:
             out.print(f"only {len(archs)} distinct feasible architectures exist (--top-k {top_k})")
     if memory:
-        _print_memory(spec, arch, batch)
+        _print_memory(spec, arch, batch, budget)
 
 
 def _write_top_k(spec, archs, folder: Path, budget, picture: bool) -> None:
@@ -198,12 +198,12 @@ def _write_top_k(spec, archs, folder: Path, budget, picture: bool) -> None:
     out.print(f"wrote {len(archs)} architectures and architectures.csv to {folder}", highlight=False)
 
 
-def _print_memory(spec, arch, batch: int | None) -> None:
+def _print_memory(spec, arch, batch: int | None, budget=None) -> None:
     from nastk.netstats import training_memory
     from nastk.setting import MemoryBudget, retrain_setting, spec_budget
 
     setting = retrain_setting(spec, batch)
-    budget = spec_budget(spec, batch_size=batch) or MemoryBudget(0.0, setting)
+    budget = budget or spec_budget(spec, batch_size=batch) or MemoryBudget(0.0, setting)
     parts = training_memory(spec, arch, batch)
     if parts is None:
         raise DataError(f"space {spec.space.name!r} cannot estimate memory")
@@ -215,12 +215,13 @@ def _print_memory(spec, arch, batch: int | None) -> None:
         table.add_row(part, f"{value / 2**20:,.0f}")
     need = budget.required_gb(parts["total"])
     table.add_row(
-        f"needs, with margin {budget.margin:.0%} + reserve {budget.reserve_gb:g} GB", f"{need * 1024:,.0f}"
+        f"with margin {budget.margin:.0%} + reserve {budget.reserve_gb:g} GB", f"{need * 1024:,.0f}"
     )
     out.print(table)
+    verdict = ""
     if budget.gb:
-        verdict = "fits" if need <= budget.gb else "does NOT fit"
-        out.print(f"{need:.2f} GB {verdict} the budget of {budget.gb:g} GB", highlight=False)
+        verdict = f": {'fits' if need <= budget.gb else 'does NOT fit'} the budget of {budget.gb:g} GB"
+    out.print(f"needs {need:.2f} GB per GPU{verdict}", highlight=False)
 
 
 @app.command("import-arch")
