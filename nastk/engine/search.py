@@ -95,7 +95,13 @@ def decode_run(spec: Spec, run: Path, quiet: bool = False):
     if budget is None:  # discretizers need not know budgets
         arch = disc(arrays, dict(spec.space.params), list(spec.ops))
     else:
-        arch = disc(arrays, dict(spec.space.params), list(spec.ops), budget=budget)
+        try:
+            arch = disc(arrays, dict(spec.space.params), list(spec.ops), budget=budget)
+        except DataError as exc:  # the search itself is saved: only the decoding needs redoing
+            raise DataError(
+                f"{exc}; the search is saved in {run / 'search'}: decode it with another budget, "
+                f"`nastk decode {run} --budget-gb X`"
+            ) from None
     arch.save(run / "arch.json")
     if hasattr(arch, "draw"):
         arch.draw(run / "arch.png")
