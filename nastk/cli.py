@@ -162,10 +162,10 @@ def decode(
     arch = archs[0]
     arch.save(out_path)
     out.print(arch.summary(), markup=False, highlight=False)
-    if budget is not None:
+    estimate = getattr(arch, "extra", {}).get("memory", {}).get("estimated_gb")
+    if budget is not None and estimate is not None:
         out.print(
-            f"budget {budget.gb:g} GB at {budget.setting.describe()}: estimated "
-            f"{arch.extra['memory']['estimated_gb']:.2f} GB",
+            f"budget {budget.gb:g} GB at {budget.setting.describe()}: estimated {estimate:.2f} GB",
             highlight=False,
         )
     out.print(f"wrote {out_path}", highlight=False)
