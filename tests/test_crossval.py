@@ -90,6 +90,8 @@ def test_resume_finishes_missing_out_of_fold_predictions(retrained, tmp_path):
     expected = _array(lost)
     lost.unlink()
     (run / "postprocessing.json").unlink()
+    final0 = run / "retrain" / "fold_0" / "model_final.pt"
+    final0.unlink()  # as if killed after the last checkpoint, before the final model
     kept = {p: p.stat().st_mtime_ns for p in run.rglob("*.nii.gz")} | {
         p: p.stat().st_mtime_ns for p in run.rglob("model_*.pt")
     }
@@ -98,6 +100,9 @@ def test_resume_finishes_missing_out_of_fold_predictions(retrained, tmp_path):
     np.testing.assert_array_equal(_array(lost), expected)  # the same model, the same prediction
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # nothing else redone
     assert (run / "postprocessing.json").is_file()  # every fold complete again
+    weights = torch.load(final0, weights_only=True)["model"]
+    last = torch.load(run / "retrain" / "fold_0" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(weights[k], last[k]) for k in last)
 
 
 def test_two_ranks_split_the_out_of_fold_predictions(retrained, tmp_path):

@@ -161,11 +161,12 @@ def test_report_after_search_only_writes_the_architecture_and_curves(retrained, 
 
 
 def test_report_on_predictions_without_labels_lists_them_and_says_why_no_scores(retrained, tmp_path):
+    """A run retrained from an arch.json kept elsewhere, with predictions of cases nobody has labels for."""
     _, root, run = retrained
     data = Path(
         shutil.copytree(root, tmp_path / "Synth", ignore=shutil.ignore_patterns("labelsTs", ".nastk*"))
     )
-    unlabelled = _stage(run, tmp_path / "run", "arch.json")
+    unlabelled = _stage(run, tmp_path / "run", "retrain")  # retrained from an arch.json kept elsewhere
     spec = yaml.safe_load((unlabelled / "spec.yaml").read_text())
     spec["dataset"]["root"] = str(data)
     (unlabelled / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -175,6 +176,8 @@ def test_report_on_predictions_without_labels_lists_them_and_says_why_no_scores(
     assert "2 case(s) predicted" in res.stdout and "synth_100, synth_101" in res.stdout
     assert "No scores" in res.stdout and "MSD leaderboard" in res.stdout
     assert not (unlabelled / "report" / "leaderboard.csv").exists()
+    assert pd.read_csv(unlabelled / "report" / "architectures.csv").loc[0, "GMACs"] > 0  # from model_final.pt
+    assert "splits.json" in res.stdout  # no cross-validation table without the folds, and it says so
 
 
 def test_gap_of_several_runs_in_one_figure_styled_by_sigma_and_topology_loss(tmp_path):

@@ -26,7 +26,8 @@ import pandas as pd
 from nastk import registry
 from nastk.crossval import choose, chosen_scores, fold_status, read_splits, score_folds
 from nastk.data.dataset import IMAGE_SUFFIXES, DatasetInfo, read_dataset, strip_suffix
-from nastk.errors import DataError
+from nastk.engine import checkpoint as ckpt
+from nastk.errors import DataError, one_line
 from nastk.io import atomic_write_text, make_dir
 from nastk.metrics import evaluate_files, evaluate_missing
 from nastk.metrics.evaluate import label_values
@@ -265,8 +266,15 @@ def _search_part(part: _RunParts) -> None:
     run, spec = part.run, part.spec
     space = registry.load("spaces", spec.space.name)
     arch_file = run / "arch.json"
+    trained = sorted((run / "retrain").glob("fold_*/model_final.pt"))
     if arch_file.is_file():
         part.arch = space.load_arch(arch_file)
+    elif trained and hasattr(space, "load_arch_from_text"):  # retrained from an arch.json kept elsewhere
+        text = ckpt.load(trained[0], required=("arch",))["arch"]
+        try:
+            part.arch = space.load_arch_from_text(text)
+        except (DataError, ValueError, TypeError, KeyError) as exc:
+            raise DataError(f"{trained[0]}: 'arch' is not a valid architecture ({one_line(exc)})") from None
     else:
         part.skipped.append(f"architecture: no {arch_file} (run `nastk search` or `nastk decode`)")
     log = run / "search" / "log.csv"
@@ -457,7 +465,8 @@ def _write_runs(parts: list[_RunParts], out: Path, reference: bool, task: str | 
         log = p.run / "search" / "log.csv"
         if log.is_file() and log.stat().st_size:
             name = f"search_curves_{p.name}.png" if several else "search_curves.png"
-            paths[name] = search_curves(log, out / name, sigma=p.gap.sigma if p.gap else None)
+            sigma = next((x.params.get("sigma") for x in p.spec.losses if x.name == "memory"), None)
+            paths[name] = search_curves(log, out / name, sigma=sigma)
     if gaps:
         paths["gap_png"] = gap_curves(gaps, out / "gap.png")
     if cv:
