@@ -292,7 +292,12 @@ def _run_names(runs: list[Path]) -> list[str]:
 
 
 def _has_gap(log: Path) -> bool:
-    return log.is_file() and log.stat().st_size > 0 and "gap" in pd.read_csv(log, nrows=0).columns
+    if not (log.is_file() and log.stat().st_size > 0):
+        return False
+    try:
+        return "gap" in pd.read_csv(log, nrows=0).columns
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{log}: not a readable search log ({one_line(exc)})") from None
 
 
 def gap_runs(runs: list[Path]) -> list[GapRun]:
