@@ -462,7 +462,10 @@ def _write_runs(parts: list[_RunParts], out: Path, reference: bool, task: str | 
     paths["architectures"] = atomic_write_text(
         out / "architectures.csv", rows.to_csv(index=False, float_format="%.4g")
     )
-    sections.append("## Architectures\n\n" + markdown_table(rows.round(3)))
+    shown = rows.round(3).astype({"cv_folds": object} if "cv_folds" in rows else {})
+    if "cv_folds" in shown:
+        shown["cv_folds"] = ["" if pd.isna(v) else str(int(v)) for v in shown["cv_folds"]]
+    sections.append("## Architectures\n\n" + markdown_table(shown))
     for p in parts:
         if p.arch is not None and hasattr(p.arch, "draw"):
             name = f"arch_{p.name}.png" if several else "arch.png"

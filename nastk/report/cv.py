@@ -114,6 +114,8 @@ def _mean_std(mean: float, std: float) -> str:
 def _display(board: pd.DataFrame) -> pd.DataFrame:
     """The leaderboard for Markdown: metric cells as mean ± std, no separate std columns."""
     shown = board[[c for c in board.columns if not c.endswith(" std")]].copy()
+    for col in ("folds", "cases"):  # counts, NaN for the paper's rows
+        shown[col] = ["" if pd.isna(v) else str(int(v)) for v in shown[col]]
     for col in shown.columns:
         if f"{col} std" in board.columns:
             shown[col] = [_mean_std(m, s) for m, s in zip(board[col], board[f"{col} std"])]
