@@ -412,10 +412,13 @@ def predict(
         fold_list = [int(k) for k in folds.split(",")] if folds else None
     except ValueError:
         raise DataError(f"--folds: {folds!r} is not a comma-separated list of fold indices") from None
+    from nastk.inference.predict import postprocessing_classes
+
     resolved = load_spec(spec or run / "spec.yaml")
     written = run_predict(
         resolved, run, input_path, output or run / "predictions", fold_list, model, resume, device, quiet
     )
+    out.print(postprocessing_classes(resolved, run)[1], markup=False, highlight=False, soft_wrap=True)
     out.print(f"{len(written)} predictions in {output or run / 'predictions'}", highlight=False)
 
 
@@ -426,7 +429,13 @@ def report(
     ref: Annotated[Path | None, typer.Option(help="Reference labels: a folder or a dataset.json.")] = None,
     tolerance: Annotated[list[str] | None, typer.Option(help="NSD tolerance CLASS=MM (repeatable).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Report folder.")] = None,
-    reference: Annotated[str | None, typer.Option(help="'paper': add the paper's Table 2 rows.")] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="'paper': the paper's Table 1 rows next to the cross-validation table, Table 2's "
+            "next to the test table."
+        ),
+    ] = None,
     task: Annotated[
         str | None, typer.Option(help="MSD task name for --reference (default: dataset name).")
     ] = None,
@@ -439,12 +448,13 @@ def report(
         ),
     ] = "error",
 ) -> None:
-    """DSC and NSD per case and class, a Table 2-style leaderboard (CSV + Markdown), figures."""
+    """What each run has, at every stage: architectures (Table 1), search curves, the cross-validation
+    table, the test leaderboard (Table 2); or a --pred folder scored against --ref. Says what it skipped."""
     from nastk.report.command import parse_tolerances, run_report
 
     if reference not in (None, "paper"):
         raise DataError(f"--reference: {reference!r} is not 'paper'")
-    paths = run_report(
+    result = run_report(
         list(runs or []),
         pred,
         ref,
@@ -455,9 +465,8 @@ def report(
         quiet,
         missing,
     )
-    board = paths["leaderboard_md"].read_text()
-    out.print(board, markup=False, highlight=False)
-    out.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)
+    out.print(result.text, markup=False, highlight=False, soft_wrap=True)
+    out.print(f"wrote {', '.join(str(p) for p in result.paths.values())}", highlight=False)
 
 
 @app.command()

@@ -1,6 +1,8 @@
 """``nastk quickstart``: the whole pipeline on the embedded synthetic task, in ./nastk-quickstart/.
 
-synth -> search -> decode (arch.json, arch.png) -> retrain 2 folds -> predict held-out cases -> report.
+synth -> search -> decode (arch.json, arch.png) -> retrain 2 folds (each ending with its out-of-fold
+predictions; then the post-processing cross-validation chooses) -> predict held-out cases -> report (the
+cross-validation table and the held-out leaderboard).
 Each stage is skipped when its output exists, and an interrupted stage resumes from its checkpoint.
 """
 
@@ -18,10 +20,11 @@ from nastk.spec import load_spec, parse_yaml, read_spec_text
 
 
 def run_quickstart(spec_path: Path, out: Path, quiet: bool = False, echo=print) -> dict:
+    from nastk.crossval import missing_predictions, read_splits
     from nastk.data.synthetic import threshold_baseline, write_synthetic_task
     from nastk.engine.retrain import run_retrain
     from nastk.engine.search import run_search
-    from nastk.inference.predict import run_predict
+    from nastk.inference.predict import postprocessing_classes, run_predict
     from nastk.report.command import run_report
 
     if not spec_path.is_file():
@@ -57,21 +60,30 @@ def run_quickstart(spec_path: Path, out: Path, quiet: bool = False, echo=print) 
 
     for fold in range(2):
         fold_dir = run / "retrain" / f"fold_{fold}"
-        if (fold_dir / "model_final.pt").exists():
+        done = (fold_dir / "model_final.pt").exists()
+        resume = done or (fold_dir / "checkpoint.pt").exists()
+        splits = read_splits(run)
+        if done and splits and not missing_predictions(run, fold, splits[fold]["val"]):
             echo(f"[4/6] retrain fold {fold} done, skipping")
             continue
-        resume = (fold_dir / "checkpoint.pt").exists()
-        echo(f"[4/6] retrain fold {fold} ({'resuming' if resume else 'starting'})")
+        what = "finishing its out-of-fold predictions" if done else "resuming" if resume else "starting"
+        echo(f"[4/6] retrain fold {fold} ({what})")
         run_retrain(spec, run / "arch.json", str(fold), RunOptions(out=run, resume=resume, quiet=quiet))
 
     echo("[5/6] predicting the held-out cases")
+    echo(postprocessing_classes(spec, run)[1])
     run_predict(spec, run, data / "imagesTs", run / "predictions", None, "final", True, None, quiet)
 
     echo("[6/6] report")
-    paths = run_report([run], None, None, {}, run / "report", False, None, quiet=True)
-    echo(paths["leaderboard_md"].read_text())
+    result = run_report([run], None, None, {}, run / "report", False, None, quiet=True)
+    for key, title in (("cv_leaderboard_md", None), ("leaderboard_md", "# Held-out cases")):
+        if key in result.paths:
+            text = result.paths[key].read_text()
+            echo(text.replace("# Leaderboard", title, 1) if title else text)
+    for line in result.skipped:
+        echo(f"skipped: {line}")
     baseline = threshold_baseline(data)
     minutes = (time.monotonic() - t0) / 60
     echo(f"threshold baseline (best global intensity interval, an oracle): mean Dice {baseline['mean']:.3f}")
-    echo(f"quickstart finished in {minutes:.1f} min; everything is in {out}")
-    return {"report": paths, "baseline": baseline, "minutes": minutes}
+    echo(f"quickstart finished in {minutes:.1f} min; everything is in {out} (see {result.out / 'report.md'})")
+    return {"report": result, "baseline": baseline, "minutes": minutes}

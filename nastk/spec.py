@@ -171,8 +171,11 @@ class InferenceSpec(_Section):
     )
     blend: Literal["gaussian", "constant"] = Field("gaussian")
     ensemble: Literal["vote", "mean"] = Field("vote", description="Fold ensemble (paper: majority voting).")
-    largest_component: bool | list[int] = Field(
-        True, description="Keep the largest connected component: all classes (paper: yes), none, or a list."
+    largest_component: Literal["auto"] | bool | list[int] = Field(
+        "auto",
+        description="Keep only the largest connected component of a class in `predict`: `auto` (the "
+        "classes cross-validation chose, RUN/postprocessing.json; none without it), true (every class), "
+        "false (none), or a list of classes. Paper: nnU-Net's post-processing, i.e. auto.",
     )
     flip_tta: bool = Field(False, description="Flip test-time augmentation (paper: no).")
     amp: bool = Field(True, description="Mixed precision on GPU.")
@@ -240,6 +243,17 @@ def _plugin_problems(spec: Spec) -> list[tuple[str, str]]:
         check("losses", loss.name, f"losses[{i}].name")
     check("discretizers", spec.discretizer.name, "discretizer.name")
     return problems
+
+
+def _inference_problems(spec: Spec) -> list[tuple[str, str]]:
+    chosen = spec.inference.largest_component
+    if not isinstance(chosen, list):
+        return []
+    bad = [c for c in chosen if not 1 <= c < spec.dataset.num_classes]
+    if not bad:
+        return []
+    n = spec.dataset.num_classes
+    return [("inference.largest_component", f"{bad} are not foreground classes 1..{n - 1} (num_classes {n})")]
 
 
 def _augment_problems(spec: Spec) -> list[tuple[str, str]]:
@@ -342,7 +356,7 @@ def validate(data: Any, file: str = "<spec>") -> Spec:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(file, [(_loc(e["loc"]), e["msg"]) for e in exc.errors()]) from None
-    problems = _plugin_problems(spec) + _augment_problems(spec)
+    problems = _plugin_problems(spec) + _augment_problems(spec) + _inference_problems(spec)
     if not any(f == "space.name" for f, _ in problems):
         problems += _space_problems(spec)
     warnings: list[tuple[str, str]] = []

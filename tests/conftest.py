@@ -25,3 +25,24 @@ def run_cli(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "nastk", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
     )
+
+
+@pytest.fixture(scope="session")
+def retrained(tmp_path_factory):
+    """(tmp, synthetic task, run): a tiny search and both folds retrained, each with its out-of-fold
+    predictions, and postprocessing.json. Shared by the predict and cross-validation tests: copy the run
+    before changing it."""
+    from test_engine import tiny_spec
+
+    from nastk.data.synthetic import write_synthetic_task
+    from nastk.engine.options import RunOptions
+    from nastk.engine.retrain import run_retrain
+    from nastk.engine.search import run_search
+
+    tmp = tmp_path_factory.mktemp("pred")
+    root = write_synthetic_task(tmp / "Synth", cases=4, size=24, test_cases=2)
+    _, spec = tiny_spec(tmp, root, **{"retrain.iters": 4, "retrain.val_every": 100})
+    run = tmp / "run"
+    run_search(spec, RunOptions(out=run, quiet=True))
+    run_retrain(spec, run / "arch.json", "all", RunOptions(out=run, quiet=True))
+    return tmp, root, run

@@ -395,6 +395,22 @@ def _input_giant(run: Path, inputs: Path) -> str:
     return "synth_100.nii.gz"
 
 
+def _postprocessing_corrupt(run: Path, inputs: Path) -> str:
+    (run / "postprocessing.json").write_text('{"largest_component": [1,')
+    return "postprocessing.json"
+
+
+def _postprocessing_unknown_class(run: Path, inputs: Path) -> str:
+    (run / "postprocessing.json").write_text(json.dumps({"largest_component": [1, 7]}))
+    return "postprocessing.json"
+
+
+def run_splits_corrupt(w: Workspace):
+    run = w.run_copy()
+    (run / "splits.json").write_text('[{"val": ["synth_000", 3]}]')
+    return ["report", run, "--quiet"], ["splits.json", "'val'"]
+
+
 def _input_two_channels(run: Path, inputs: Path) -> str:
     _two_channels(inputs / "synth_101.nii.gz")
     return "synth_101.nii.gz"
@@ -449,6 +465,10 @@ CASES = {
     "spec-spacing-zero": spacing_case("validate", [0, 1, 1]),
     "spec-spacing-negative": spacing_case("preprocess", [1, -1, 1]),
     "spec-spacing-nan": spacing_case("validate", [1, float("nan"), 1]),
+    "spec-largest-component-not-a-class": lambda w: (
+        ["validate", w.spec_file({"inference": {"largest_component": [1, 3]}}, "bad.yaml")],
+        ["bad.yaml", "inference.largest_component", "[3]"],
+    ),
     "spec-nsd-tolerance-negative": lambda w: (
         ["validate", w.spec_file({"dataset": {"nsd_tolerance": {1: -1.0}}}, "bad.yaml")],
         ["bad.yaml", "dataset.nsd_tolerance"],
@@ -495,6 +515,8 @@ CASES = {
     "predict-run-plan-corrupt": predict_case(_plan_corrupt, "not a readable"),
     "predict-input-giant-header": predict_case(_input_giant, "voxels"),
     "predict-input-wrong-channel-count": predict_case(_input_two_channels, "2 channel(s)"),
+    "predict-postprocessing-corrupt": predict_case(_postprocessing_corrupt, "not valid JSON"),
+    "predict-postprocessing-unknown-class": predict_case(_postprocessing_unknown_class, "[7]"),
     # --------------------------------------------------------------------------- report
     "report-tolerance-unknown-class": report_case(
         "--tolerance", "9=1", needles=("--tolerance", "dataset.json")
@@ -509,6 +531,7 @@ CASES = {
     "report-prediction-giant-header": report_case(damage=_giant_prediction, needles=("voxels",)),
     "report-missing-policy-unknown": report_case("--missing", "skip", needles=("--missing",)),
     "report-out-under-a-file": out_case("report", "file"),
+    "report-run-splits-corrupt": run_splits_corrupt,
 }
 # Errors shown as a table (specs) or a usage box (typer's own option checks) span several lines.
 MULTI_LINE = {name for name in CASES if name.startswith("spec-")} | {

@@ -96,6 +96,30 @@ def test_dice_matches_reference_on_random(reference):
         assert dice(a, b) == reference.dice(b, a)
 
 
+def test_one_dice_convention_in_training_logs_validation_and_report():
+    """The same case scores the same wherever it is shown: a class in neither map is nan and left out
+    of means (it used to be 1.0 in validation and skipped in training logs)."""
+    import torch
+
+    from nastk.engine.common import hard_dice
+    from nastk.metrics import dice_per_class, nan_mean
+
+    ref = np.zeros((8, 8, 8), np.int64)
+    ref[2:6, 2:6, 2:6] = 1
+    pred = np.roll(ref, 1, axis=0)  # class 1 overlaps by 3/4; class 2 is in neither
+    report = evaluate_case(pred, ref, (1.0, 1.0, 1.0), [1, 2], {1: 1.0, 2: 1.0})
+    assert report[0]["dsc"] == 0.75 and math.isnan(report[1]["dsc"])
+    validation = dice_per_class(torch.from_numpy(pred), torch.from_numpy(ref), [1, 2])
+    assert validation[0] == 0.75 and math.isnan(validation[1])
+    assert dice_per_class(pred, ref, [1, 2])[0] == 0.75
+    logits = torch.nn.functional.one_hot(torch.from_numpy(pred), 3).permute(3, 0, 1, 2)[None].float()
+    assert hard_dice(logits, torch.from_numpy(ref)[None], 3) == 0.75  # the mean leaves class 2 out
+    assert math.isnan(hard_dice(torch.zeros(1, 3, 4, 4, 4), torch.zeros(1, 4, 4, 4, dtype=torch.long), 3))
+    assert nan_mean([0.5, float("nan"), 1.0]) == (0.75, 1)
+    mean, n_nan = nan_mean([float("nan")])
+    assert math.isnan(mean) and n_nan == 1
+
+
 # --- surfels ------------------------------------------------------------------------------
 
 

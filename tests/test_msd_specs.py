@@ -75,7 +75,7 @@ def test_spec_validates_with_the_paper_settings(name):
     assert (r.filter_multiplier, r.batch_multiplier) == (2.0, 2)
     assert (r.warmup_iters, r.iters, r.milestones) == (1000, 40000, [8000, 16000, 24000, 32000])
     inf = spec.inference
-    assert (inf.ensemble, inf.largest_component, inf.flip_tta) == ("vote", True, False)
+    assert (inf.ensemble, inf.largest_component, inf.flip_tta) == ("vote", "auto", False)
 
     if kind == "search":
         s = spec.search

@@ -2,15 +2,10 @@
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
-from test_engine import tiny_spec
 
 from nastk.data.dataset import read_dataset
 from nastk.data.preprocess import load_case, preprocess, restore_geometry
-from nastk.engine.options import RunOptions
-from nastk.engine.retrain import run_retrain
-from nastk.engine.search import run_search
 from nastk.inference.ensemble import mean_probabilities, vote
 from nastk.inference.postprocess import largest_component
 from nastk.inference.writer import write_label
@@ -62,19 +57,6 @@ def test_largest_component_per_class():
     assert (out == 2).sum() == 8 and out[10, 1, 1] == 0
     only1 = largest_component(labels, [1])
     assert only1[10, 1, 1] == 2  # class 2 untouched when not listed
-
-
-@pytest.fixture(scope="module")
-def retrained(tmp_path_factory):
-    from nastk.data.synthetic import write_synthetic_task
-
-    tmp = tmp_path_factory.mktemp("pred")
-    root = write_synthetic_task(tmp / "Synth", cases=4, size=24, test_cases=2)
-    path, spec = tiny_spec(tmp, root, **{"retrain.iters": 4, "retrain.val_every": 100})
-    run = tmp / "run"
-    run_search(spec, RunOptions(out=run, quiet=True))
-    run_retrain(spec, run / "arch.json", "all", RunOptions(out=run, quiet=True))
-    return tmp, root, run
 
 
 def test_predict_command_end_to_end(retrained):

@@ -40,12 +40,17 @@ def test_quickstart_end_to_end(tmp_path):
         "predictions/synth_100.nii.gz",
         "predictions/synth_101.nii.gz",
         "report/leaderboard.csv",
+        "report/cv_leaderboard.csv",
+        "postprocessing.json",
     ):
         assert (run / path).exists(), path
     board = pd.read_csv(run / "report" / "leaderboard.csv")
     # Predicting background everywhere scores 0; this tiny net after 125 iterations reliably finds the organ.
     assert board.loc[0, "DSC avg"] > 20.0, board
-    assert "threshold baseline" in res.stdout and "leaderboard" in res.stdout.lower()
+    cv = pd.read_csv(run / "report" / "cv_leaderboard.csv")
+    assert set(cv["folds"]) == {2} and set(cv["cases"]) == {4}  # every training case, out of fold
+    assert "threshold baseline" in res.stdout and "# Cross-validation" in res.stdout
+    assert "# Held-out cases" in res.stdout and "post-processing:" in res.stdout
     again = run_cli("quickstart", "--spec", spec, "--out", out, "--quiet")  # finished stages are skipped
     assert again.returncode == 0 and "search done, skipping" in again.stdout
     assert "fold 1 done, skipping" in again.stdout

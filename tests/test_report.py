@@ -309,3 +309,20 @@ def test_dice_distribution_png(tmp_path):
     _assert_png(dice_distribution(one, tmp_path / "one.png", {1: "pancreas", 2: "cancer"}))
     both = pd.concat([one.assign(method="a"), _scores(BAD).assign(method="b")], ignore_index=True)
     _assert_png(dice_distribution(both, tmp_path / "both.png", None))
+
+
+@pytest.mark.skipif(not PAPER_TXT.exists(), reason="paper text (../shared/paper) not beside the clone")
+def test_table1_transcription_matches_the_text():
+    from nastk.report.paper import table1_rows
+
+    text = PAPER_TXT.read_text(encoding="utf-8")
+    block = text[text.index("Model\tFLOPs (G)") :].split("\n\n")[0].splitlines()[1:]
+    printed = [[c.strip() for c in line.split("\t")] for line in block]
+    rows = table1_rows()
+    assert len(printed) == len(rows) == 6
+    for cells, (_, row) in zip(printed, rows.iterrows()):
+        numbers = [None if c == "-" else float(c) for c in cells[1:]]
+        mine = [row[c] for c in ("GMACs", "params_M", "est_train_MB", "DSC1", "DSC2", "DSC avg")]
+        assert [None if np.isnan(v) else v for v in mine] == numbers, cells[0]
+        if numbers[3] is not None:  # Avg. is the mean of the two classes, to the printed rounding
+            assert abs((numbers[3] + numbers[4]) / 2 - numbers[5]) <= 0.0051

@@ -1,6 +1,7 @@
 """`nastk report`: any predictions against references, several runs ranked, bad input."""
 
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -11,6 +12,7 @@ import yaml
 from nastk.data.synthetic import write_synthetic_task
 
 from conftest import run_cli
+from tinydata import TINY_SPEC, merged
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +133,112 @@ def test_missing_predictions_scored_as_empty_only_when_asked(task, tmp_path):
     )
     board = pd.read_csv(paths["leaderboard_csv"])
     assert board.loc[0, "DSC avg"] < 100
+
+
+# ----------------------------------------------------------------------------- every stage of a run
+
+
+def _stage(run: Path, dest: Path, *keep: str) -> Path:
+    dest.mkdir()
+    for name in ("spec.yaml", *keep):
+        src = run / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest
+
+
+def test_report_after_search_only_writes_the_architecture_and_curves(retrained, tmp_path):
+    _, _, run = retrained
+    searched = _stage(run, tmp_path / "searched", "arch.json", "search")
+    res = run_cli("report", searched, "--quiet")
+    assert res.returncode == 0, res.stderr
+    report = searched / "report"
+    row = pd.read_csv(report / "architectures.csv").iloc[0]
+    assert row["run"] == "searched" and row["GMACs"] > 0 and row["params_M"] > 0 and row["est_train_MB"] > 0
+    for name in ("arch.png", "search_curves.png", "report.md"):
+        assert (report / name).stat().st_size > 0, name
+    assert not (report / "leaderboard.csv").exists() and not (report / "cv_leaderboard.csv").exists()
+    assert "cross-validation: no retrained fold" in res.stdout and "test set: no predictions" in res.stdout
+
+
+def test_report_on_predictions_without_labels_lists_them_and_says_why_no_scores(retrained, tmp_path):
+    """A run retrained from an arch.json kept elsewhere, with predictions of cases nobody has labels for."""
+    _, root, run = retrained
+    data = Path(
+        shutil.copytree(root, tmp_path / "Synth", ignore=shutil.ignore_patterns("labelsTs", ".nastk*"))
+    )
+    unlabelled = _stage(run, tmp_path / "run", "retrain")  # retrained from an arch.json kept elsewhere
+    spec = yaml.safe_load((unlabelled / "spec.yaml").read_text())
+    spec["dataset"]["root"] = str(data)
+    (unlabelled / "spec.yaml").write_text(yaml.safe_dump(spec))
+    _predictions(root, unlabelled / "predictions", 0)  # any label maps, named as the test cases
+    res = run_cli("report", unlabelled, "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "2 case(s) predicted" in res.stdout and "synth_100, synth_101" in res.stdout
+    assert "No scores" in res.stdout and "MSD leaderboard" in res.stdout
+    assert not (unlabelled / "report" / "leaderboard.csv").exists()
+    assert pd.read_csv(unlabelled / "report" / "architectures.csv").loc[0, "GMACs"] > 0  # from model_final.pt
+    assert "splits.json" in res.stdout  # no cross-validation table without the folds, and it says so
+
+
+def test_gap_of_several_runs_in_one_figure_styled_by_sigma_and_topology_loss(tmp_path):
+    """Fig. 8: one line per run, colour by sigma (a GB budget by the sigma_eff it logged), dashed with the
+    topology loss and solid without."""
+    from nastk.report.command import gap_runs
+    from nastk.report.figures import gap_figure
+
+    def run(name, losses, gaps, sigma_eff=None):
+        folder = tmp_path / name
+        (folder / "search").mkdir(parents=True)
+        spec = merged(TINY_SPEC, {"losses": [{"name": "dice_ce"}, *losses], "retrain": {"gpus": 1}})
+        (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+        log = pd.DataFrame({"iteration": range(len(gaps)), "phase": "joint", "gap": gaps})
+        if sigma_eff is not None:
+            log["sigma_eff"] = sigma_eff
+        log.to_csv(folder / "search" / "log.csv", index=False)
+        return folder
+
+    topo = {"name": "topology", "weight": 0.001}
+    runs = [
+        run("s02_topo", [topo, {"name": "memory", "params": {"sigma": 0.2}}], [4, 2, 0]),
+        run("s02_none", [{"name": "memory", "params": {"sigma": 0.2}}], [6, 5, 5]),
+        run("s08_topo", [topo, {"name": "memory", "params": {"sigma": 0.8}}], [2, 1, 0]),
+        run("budget", [topo, {"name": "memory", "params": {"budget_gb": 8.0}}], [3, 3, 1], sigma_eff=0.43),
+    ]
+    res = run_cli("report", *runs, "--out", tmp_path / "rep", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "rep" / "gap.png").stat().st_size > 0
+    lines = gap_figure(gap_runs(runs)).axes[0].get_lines()
+    style = {line.get_label().split(":")[0]: (line.get_color(), line.get_linestyle()) for line in lines}
+    assert style["s02_topo"][1] == style["s08_topo"][1] == style["budget"][1] == "--"
+    assert style["s02_none"][1] == "-"
+    assert style["s02_topo"][0] == style["s02_none"][0] != style["s08_topo"][0]
+    assert len({style[r][0] for r in ("s02_topo", "s08_topo", "budget")}) == 3
+    assert "0.43" in next(line.get_label() for line in lines if line.get_label().startswith("budget"))
+    assert list(lines[1].get_ydata()) == [6, 5, 5]
+
+
+def test_pred_ref_without_dataset_json_scores_the_classes_in_either_file(tmp_path):
+    """The class list is the union of the values in the predictions and the references (a class the
+    predictions miss is scored 0, not dropped), the same on every run."""
+    from nastk.report.command import run_report
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        ref = rng.integers(0, 3, (16, 16, 12)).astype(np.uint8)
+        nib.save(nib.Nifti1Image(ref, np.eye(4)), _mkdir(tmp_path / "R") / f"c{i}.nii.gz")
+        pred = np.where(ref == 2, 0, ref).astype(np.uint8)  # never predicts class 2
+        nib.save(nib.Nifti1Image(pred, np.eye(4)), _mkdir(tmp_path / "P") / f"c{i}.nii.gz")
+    seen = set()
+    for k in range(20):
+        report = run_report(
+            [], tmp_path / "P", tmp_path / "R", {}, tmp_path / f"r{k}", False, None, quiet=True
+        )
+        cases = pd.read_csv(report["cases"])
+        seen.add(tuple(sorted(set(cases["class"]))))
+        assert (cases.loc[cases["class"] == 2, "dsc"] == 0).all()
+    assert seen == {(1, 2)}
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(exist_ok=True)
+    return path

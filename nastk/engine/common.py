@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from nastk.errors import NastkError
+from nastk.metrics.dice import dice_per_class, nan_mean
 
 
 class TrainingError(NastkError):
@@ -78,15 +79,10 @@ def to_device(batch, device: torch.device, channels_last: bool):
 
 
 def hard_dice(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
-    """Mean Dice over the foreground classes present in prediction or target."""
-    pred = logits.argmax(1)
-    scores = []
-    for c in range(1, num_classes):
-        p, t = pred == c, target == c
-        denom = p.sum() + t.sum()
-        if denom > 0:
-            scores.append((2 * (p & t).sum() / denom).item())
-    return float(np.mean(scores)) if scores else 1.0
+    """Mean over the foreground classes of the batch's Dice (the batch as one volume), MSD's convention:
+    a class in neither prediction nor target is left out; ``nan`` when no class is in either."""
+    scores = dice_per_class(logits.argmax(1), target, range(1, num_classes))
+    return nan_mean(scores)[0]
 
 
 def check_finite(terms: dict[str, torch.Tensor], iteration: int) -> None:

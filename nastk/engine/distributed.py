@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as tdist
@@ -39,8 +40,31 @@ def device_kind(device: str | None) -> str:
     return device
 
 
+TIMEOUT_ENV = "NASTK_DIST_TIMEOUT_MIN"
+DEFAULT_TIMEOUT_MIN = 120.0
+
+
+def process_group_timeout() -> timedelta:
+    """How long a collective may wait for the slowest rank: ``$NASTK_DIST_TIMEOUT_MIN`` minutes, or 120.
+
+    Ranks wait for rank 0 while it preprocesses a dataset and for each other at the end of a fold's
+    validation; NCCL's default of 10 minutes would let its watchdog kill a healthy run there.
+    """
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return timedelta(minutes=DEFAULT_TIMEOUT_MIN)
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = float("nan")
+    if not (minutes > 0 and minutes != float("inf")):
+        raise DataError(f"${TIMEOUT_ENV}: {text!r} is not a positive number of minutes")
+    return timedelta(minutes=minutes)
+
+
 def setup(device: str | None = None) -> Dist:
-    """Read torchrun's environment; init the process group (NCCL on GPU, gloo on CPU) when world > 1."""
+    """Read torchrun's environment; init the process group (NCCL on GPU, gloo on CPU) when world > 1,
+    with an explicit timeout (:func:`process_group_timeout`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -49,7 +73,8 @@ def setup(device: str | None = None) -> Dist:
     if kind == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
-        tdist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
+        timeout = process_group_timeout()
+        tdist.init_process_group(backend="nccl" if kind == "cuda" else "gloo", timeout=timeout)
     return Dist(rank, world, local, dev)
 
 
@@ -86,6 +111,15 @@ def any_flag(flag: bool, dist: Dist) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=dist.device)
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def gather(items: list, dist: Dist) -> list:
+    """Every rank's ``items`` (picklable), concatenated in rank order, on every rank."""
+    if not dist.enabled:
+        return list(items)
+    parts: list = [None] * dist.world_size
+    tdist.all_gather_object(parts, list(items))
+    return [item for part in parts for item in part]
 
 
 def teardown(dist: Dist) -> None:

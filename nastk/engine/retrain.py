@@ -4,19 +4,28 @@ Filters and batch are the search's times ``retrain.filter_multiplier`` and
 ``retrain.batch_multiplier`` (paper: x2, x2); 1k warm-up then 40k iterations, LR x0.5 at
 [8k, 16k, 24k, 32k] after the warm-up. Each fold validates with sliding-window Dice on its
 validation cases every ``val_every`` iterations and keeps the best and the final model.
+
+The fold's last validation is its out-of-fold prediction: `predict`'s pipeline (the spec's inference
+settings) on every validation case, written in the case's original geometry without post-processing to
+``RUN/retrain/fold_K/validation/CASE.nii.gz`` (see :mod:`nastk.crossval`). Under DDP the validation cases
+are split over the ranks. Once every fold has its out-of-fold predictions, ``RUN/postprocessing.json``
+records the post-processing cross-validation chose.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from nastk import registry
+from nastk.crossval import SPLITS_FILE, missing_predictions, prediction_file, update_postprocessing
 from nastk.data import augment
-from nastk.data.preprocess import load_case, preprocess
+from nastk.data.dataset import read_dataset
+from nastk.data.preprocess import load_case, preprocess, restore_geometry
 from nastk.data.sampler import PatchDataset, make_loader
 from nastk.engine import checkpoint as ckpt
 from nastk.engine import distributed as dd
@@ -36,9 +45,12 @@ from nastk.engine.options import RunOptions
 from nastk.engine.schedule import lr_lambda
 from nastk.engine.search import per_rank_batch
 from nastk.errors import DataError, NastkError
+from nastk.inference.predict import window_probabilities
 from nastk.inference.sliding_window import sliding_window_predict
+from nastk.inference.writer import write_label
 from nastk.io import atomic_write_text, make_dir, remove_stale_temps
 from nastk.lock import run_lock
+from nastk.metrics.dice import dice_per_class, nan_mean
 from nastk.objective import build_losses
 from nastk.spec import Spec, dump_spec
 
@@ -79,41 +91,67 @@ def build_network(spec: Spec, space, arch, filter_multiplier: float):
     )
 
 
-def dice_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> list[float]:
-    """Dice of each foreground class; 1.0 when a class is absent from both (the MSD convention)."""
-    out = []
-    for c in range(1, num_classes):
-        p, t = pred == c, target == c
-        denom = int(p.sum() + t.sum())
-        out.append(1.0 if denom == 0 else float(2 * (p & t).sum() / denom))
-    return out
+class OutOfFold:
+    """Writes a fold's out-of-fold predictions: label maps in each case's original geometry."""
+
+    def __init__(self, run: Path, fold: int, sources: dict[str, Path]):
+        self.run, self.fold, self.sources = Path(run), fold, sources
+
+    def write(self, case_id: str, labels: torch.Tensor, meta: dict) -> Path:
+        target = prediction_file(self.run, self.fold, case_id)
+        array = labels.to(torch.uint8).cpu().numpy()
+        return write_label(restore_geometry(array, meta), self.sources[case_id], target)
 
 
 @torch.no_grad()
-def validate(net, cache_root: Path, case_ids: list[str], spec: Spec, device, amp: str) -> list[dict]:
+def validate(
+    net, cache_root: Path, case_ids: list[str], spec: Spec, device, amp: str, oof: OutOfFold | None = None
+) -> list[dict]:
+    """Dice of each foreground class on each case, on the cached (preprocessed) case.
+
+    With ``oof`` this is the fold's out-of-fold prediction: `predict`'s sliding window (the spec's inference
+    settings) instead of the plain one, and each case's labels are also written in its original geometry.
+    """
     net.eval()
+    classes = list(range(1, spec.dataset.num_classes))
     rows = []
     for case_id in case_ids:
-        image, label, _ = load_case(cache_root, case_id, mmap=False)
-        probs = sliding_window_predict(
-            torch.from_numpy(np.ascontiguousarray(image)),
-            net,
-            tuple(spec.inference.patch_size),
-            tuple(spec.inference.stride),
-            spec.dataset.num_classes,
-            batch_size=spec.inference.batch_size,
-            blend=spec.inference.blend,
-            device=device,
-            accumulate_on="cpu",
-            amp=amp != "off" and device.type == "cuda",
-        )
+        image, label, meta = load_case(cache_root, case_id, mmap=False)
+        volume = torch.from_numpy(np.ascontiguousarray(image))
+        if oof is None:
+            probs = sliding_window_predict(
+                volume,
+                net,
+                tuple(spec.inference.patch_size),
+                tuple(spec.inference.stride),
+                spec.dataset.num_classes,
+                batch_size=spec.inference.batch_size,
+                blend=spec.inference.blend,
+                device=device,
+                accumulate_on="cpu",
+                amp=amp != "off" and device.type == "cuda",
+            )
+        else:
+            probs = window_probabilities(volume, net, spec, device)
         pred = probs.argmax(0)
-        for c, d in enumerate(
-            dice_per_class(pred, torch.from_numpy(label.astype(np.int64)), spec.dataset.num_classes), 1
-        ):
-            rows.append({"case": case_id, "class": c, "dice": d})
+        if oof is not None:
+            oof.write(case_id, pred, meta)
+        if label is not None:
+            target = torch.from_numpy(label.astype(np.int64)).to(pred.device)
+            for c, d in zip(classes, dice_per_class(pred, target, classes)):
+                rows.append({"case": case_id, "class": c, "dice": d})
     net.train()
     return rows
+
+
+def validate_on_ranks(
+    net, cache_root: Path, case_ids: list[str], spec: Spec, dist: dd.Dist, amp: str, oof: OutOfFold | None
+) -> list[dict]:
+    """:func:`validate` with the cases split over the ranks (none waits idle for another's cases); every
+    rank gets every row, in case order."""
+    rows = validate(net, cache_root, case_ids[dist.rank :: dist.world_size], spec, dist.device, amp, oof)
+    order = {c: i for i, c in enumerate(case_ids)}
+    return sorted(dd.gather(rows, dist), key=lambda r: (order[r["case"]], r["class"]))
 
 
 def run_retrain(spec: Spec, arch_path: Path, fold: str, opts: RunOptions) -> list[Path]:
@@ -122,7 +160,12 @@ def run_retrain(spec: Spec, arch_path: Path, fold: str, opts: RunOptions) -> lis
     dist = dd.setup(opts.device)
     try:
         with run_lock(opts.out) if dist.is_main else contextlib.nullcontext():
-            return [_retrain_fold(spec, space, arch, k, opts, dist) for k in folds]
+            outs = [_retrain_fold(spec, space, arch, k, opts, dist) for k in folds]
+            if dist.is_main:
+                info = read_dataset(spec.dataset.root, spec.dataset.format)
+                references = {c.id: c.label for c in info.training}
+                update_postprocessing(Path(opts.out), spec.dataset.num_classes, references)
+            return outs
     finally:
         dd.teardown(dist)
 
@@ -181,6 +224,15 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
     seg, _ = build_losses(spec.losses)
     total = r.warmup_iters + r.iters
     start, best = 0, -1.0
+    info = read_dataset(spec.dataset.root, spec.dataset.format)
+    oof = OutOfFold(Path(opts.out), fold, {c.id: c.images[0] for c in info.training})
+    final = out / "model_final.pt"
+    if opts.resume and final.exists():  # trained: only out-of-fold predictions may be missing
+        ckpt.restore(final, _final_state(final, spec), {"model": net})
+        if dist.is_main:
+            _copy_into_run(cache.root, Path(opts.out))
+        _finish_out_of_fold(net, cache.root, split["val"], spec, dist, opts, oof)
+        return out
     if opts.resume and ckpt_path.exists():
         parts = {"model": net, "opt": opt, "sched": sched, "scaler": scaler}
         state = ckpt.load(ckpt_path, required=(*parts, "rng", "iteration", "best", "spec_hash"))
@@ -191,11 +243,12 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
         start, best = ckpt.iteration(ckpt_path, state, total), ckpt.number(ckpt_path, state, "best")
         ckpt.restore(ckpt_path, state, parts)
         ckpt.restore_rng(ckpt_path, state)
-    if dist.is_main:  # predict needs the same preprocessing, even where the training data is not at hand
-        plan_text, plan_copy = (cache.root / "plan.json").read_text(), Path(opts.out) / "plan.json"
-        if not plan_copy.is_file() or plan_copy.read_text() != plan_text:
-            atomic_write_text(plan_copy, plan_text)
-    if start >= total:
+    if dist.is_main:  # predict and cross-validation need these, even where the training data is not at hand
+        _copy_into_run(cache.root, Path(opts.out))
+    if start >= total:  # killed between the last checkpoint and the final model
+        if dist.is_main:
+            _save_model(final, net, arch, spec, fold, total, None)
+        _finish_out_of_fold(net, cache.root, split["val"], spec, dist, opts, oof)
         return out
     model = dd.wrap(net, dist)
     if opts.compile:  # checkpoints and validation keep using the eager `net`
@@ -263,23 +316,51 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
                 if dist.device.type == "cuda":
                     row["peak_mem_mb"] = torch.cuda.max_memory_allocated(dist.device) / 2**20
                 log.append(row)
-            reporter.update(
-                it, "train", f"L_seg {float(loss.detach()):.3f} best val {max(best, 0):.3f}", line
-            )
+            # before the first validation there is no best score to show (not a score of 0)
+            shown = f" best val {best:.3f}" if best >= 0 else ""
+            reporter.update(it, "train", f"L_seg {float(loss.detach()):.3f}{shown}", line)
             if (it + 1) % r.val_every == 0 or it + 1 == total:
+                last = it + 1 == total  # the final model's validation is the out-of-fold prediction
+                rows = validate_on_ranks(
+                    net, cache.root, split["val"], spec, dist, opts.amp, oof if last else None
+                )
+                mean = nan_mean(row["dice"] for row in rows)[0]
                 if dist.is_main:
-                    rows = validate(net, cache.root, split["val"], spec, dist.device, opts.amp)
-                    mean = float(np.mean([row["dice"] for row in rows])) if rows else 0.0
                     for row in rows:
                         val_log.append({"iteration": it, **row})
-                    if mean > best:
-                        best = mean
+                if mean > best:  # nan (no class anywhere) never is
+                    best = mean
+                    if dist.is_main:
                         _save_model(out / "model_best.pt", net, arch, spec, fold, it + 1, mean)
-                dd.barrier(dist)
             if (it + 1) % r.checkpoint_every == 0 or it + 1 == total:
                 save_checkpoint(it + 1)
         if dist.is_main:
-            _save_model(out / "model_final.pt", net, arch, spec, fold, total, None)
+            _save_model(final, net, arch, spec, fold, total, None)
     finally:
         reporter.close()
     return out
+
+
+def _copy_into_run(cache_root: Path, run: Path) -> None:
+    """The cache's plan (predict preprocesses with it) and folds (cross-validation scores by them)."""
+    for name in ("plan.json", SPLITS_FILE):
+        text, copy = (cache_root / name).read_text(), run / name
+        if not copy.is_file() or copy.read_text() != text:
+            atomic_write_text(copy, text)
+
+
+def _final_state(path: Path, spec: Spec) -> dict:
+    state = ckpt.load(path, required=("model", "spec_hash"))
+    if state["spec_hash"] != ckpt.spec_hash(spec):
+        raise NastkError(f"{path}: the spec changed since this fold was trained; resume with the same spec")
+    return state
+
+
+def _finish_out_of_fold(net, cache_root: Path, cases: list[str], spec, dist, opts, oof: OutOfFold) -> None:
+    """Predict the validation cases that have no out-of-fold prediction yet (split over the ranks)."""
+    # rank 0 looks and tells the others, so all split the same list whoever writes first
+    missing = dd.gather(missing_predictions(oof.run, oof.fold, cases) if dist.is_main else [], dist)
+    if missing and dist.is_main and not opts.quiet:
+        print(f"fold {oof.fold}: predicting {len(missing)} missing out-of-fold case(s)", file=sys.stderr)
+    if missing:
+        validate_on_ranks(net, cache_root, missing, spec, dist, opts.amp, oof)

@@ -17,7 +17,7 @@ from nastk.engine.checkpoint import restore
 from nastk.engine.distributed import device_kind
 from nastk.errors import DataError, one_line
 from nastk.inference.ensemble import mean_probabilities, vote
-from nastk.inference.postprocess import largest_component
+from nastk.inference.postprocess import POSTPROCESSING_FILE, largest_component, read_postprocessing
 from nastk.inference.sliding_window import sliding_window_predict
 from nastk.inference.writer import write_label
 from nastk.io import make_dir, remove_stale_temps
@@ -101,6 +101,56 @@ class _CaseBars:
         return update
 
 
+def window_probabilities(
+    volume: torch.Tensor,
+    net: torch.nn.Module,
+    spec: Spec,
+    device: torch.device,
+    progress=None,
+    accumulate_on: str | None = None,
+) -> torch.Tensor:
+    """Class probabilities ``[K, X, Y, Z]`` of one preprocessed volume with the spec's inference settings:
+    what `predict`, the out-of-fold predictions and the last validation of a fold all compute."""
+    inf = spec.inference
+    return sliding_window_predict(
+        volume,
+        net,
+        tuple(inf.patch_size),
+        tuple(inf.stride),
+        spec.dataset.num_classes,
+        batch_size=inf.batch_size,
+        blend=inf.blend,
+        device=device,
+        accumulate_on=accumulate_on,
+        amp=inf.amp and device.type == "cuda",
+        flip_tta=inf.flip_tta,
+        progress=progress,
+    )
+
+
+def postprocessing_classes(spec: Spec, run: Path) -> tuple[list[int], str]:
+    """The classes `predict` keeps the largest component of, and a line saying where that comes from."""
+    chosen, n = spec.inference.largest_component, spec.dataset.num_classes
+    if chosen == "auto":
+        path = Path(run) / POSTPROCESSING_FILE
+        if not path.is_file():
+            return [], (
+                f"post-processing: none ({path} not found; retraining writes it once every fold has its "
+                "out-of-fold predictions)"
+            )
+        classes = read_postprocessing(path, n)
+        what = f"largest component of class(es) {classes}" if classes else "none"
+        return classes, f"post-processing: {what}, as cross-validation chose ({path})"
+    if chosen is True:
+        return list(
+            range(1, n)
+        ), "post-processing: largest component of every class (inference.largest_component)"
+    if chosen is False:
+        return [], "post-processing: none (inference.largest_component: false)"
+    classes = sorted(set(chosen))
+    return classes, f"post-processing: largest component of class(es) {classes} (inference.largest_component)"
+
+
 MODEL_KEYS = ("model", "arch", "space", "in_channels", "num_classes", "filter_multiplier")
 
 
@@ -177,13 +227,9 @@ def run_predict(
         check_headers(case.images, None, f"case {case.id}", spec.dataset.in_channels)
     spec_io = (spec.dataset.in_channels, spec.dataset.num_classes)
     folds, models = load_fold_models(Path(run), folds, which, dev, spec_io)
+    classes, _ = postprocessing_classes(spec, Path(run))
     make_dir(output)  # after every check: a bad model leaves no empty output folder behind
     remove_stale_temps(output)
-    classes = (
-        list(range(1, spec.dataset.num_classes))
-        if inf.largest_component is True
-        else list(inf.largest_component or [])
-    )
     written = []
     bar = _CaseBars(len(cases), quiet)
     for case in bar.cases(cases):
@@ -195,19 +241,7 @@ def run_predict(
         volume = torch.from_numpy(image)
         per_fold = []
         for net in models:
-            probs = sliding_window_predict(
-                volume,
-                net,
-                tuple(inf.patch_size),
-                tuple(inf.stride),
-                spec.dataset.num_classes,
-                batch_size=inf.batch_size,
-                blend=inf.blend,
-                device=dev,
-                amp=inf.amp and dev.type == "cuda",
-                flip_tta=inf.flip_tta,
-                progress=bar.windows(case.id),
-            )
+            probs = window_probabilities(volume, net, spec, dev, progress=bar.windows(case.id))
             per_fold.append(probs.argmax(0) if inf.ensemble == "vote" else probs)
         labels = (
             vote(per_fold, spec.dataset.num_classes)

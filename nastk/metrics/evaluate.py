@@ -12,7 +12,7 @@ from nastk.errors import DataError
 from nastk.metrics.dice import dice
 from nastk.metrics.surface import surface_dice
 
-__all__ = ["evaluate_case", "evaluate_files", "evaluate_missing"]
+__all__ = ["evaluate_case", "evaluate_files", "evaluate_missing", "label_values", "read_pair"]
 
 GEOMETRY_ATOL = 1e-3
 
@@ -116,14 +116,35 @@ def evaluate_files(
     read, if the two images differ in size, or in spacing, origin or direction by more than
     1e-3, or if either holds a label value other than 0 and ``classes``.
     """
+    pred, ref, spacing = read_pair(pred_path, ref_path, classes, case_id)
+    rows = evaluate_case(pred, ref, spacing, classes, tolerances)
+    return [{"case": case_id, **row} for row in rows]
+
+
+def read_pair(
+    pred_path: str | Path, ref_path: str | Path, classes: Sequence[int], case_id: str
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """A predicted and a reference label map ``[x, y, z]`` and the reference's spacing, with the checks
+    of :func:`evaluate_files` (readable, same grid, only background and ``classes``)."""
     pred_img = _read(pred_path, "prediction", case_id)
     ref_img = _read(ref_path, "reference", case_id)
     _check_geometry(pred_img, ref_img, case_id)
     allowed = {0, *(int(c) for c in classes)}
     pred = _labels(pred_img, pred_path, "prediction", case_id, allowed)
     ref = _labels(ref_img, ref_path, "reference", case_id, allowed)
-    rows = evaluate_case(pred, ref, ref_img.GetSpacing(), classes, tolerances)
-    return [{"case": case_id, **row} for row in rows]
+    return pred, ref, tuple(ref_img.GetSpacing())
+
+
+def label_values(path: str | Path, role: str, case_id: str) -> set[int]:
+    """The label values in a label-map file, from a copy of its voxels (a view into a temporary image
+    would dangle once the image is freed); non-integer values are refused naming the file."""
+    arr = sitk.GetArrayFromImage(_read(path, role, case_id))
+    values = np.unique(arr)
+    if values.dtype.kind == "f" and not np.all(values == np.round(values)):
+        raise DataError(f"case {case_id!r}: {role} file {path} has non-integer label values")
+    if values.size and values.min() < 0:
+        raise DataError(f"case {case_id!r}: {role} file {path} has negative label values")
+    return {int(v) for v in values}
 
 
 def evaluate_missing(

@@ -1,9 +1,10 @@
 """Reporting for ``nastk report``: leaderboards laid out like Table 2 of the DiNTS paper, the
-paper's own numbers for reference, per-case summaries and figures."""
+cross-validation table laid out like Table 1, the paper's own numbers for reference, per-case summaries
+and figures (search curves, Fig. 8's gap G, score distributions)."""
 
 from __future__ import annotations
 
-from nastk.report.figures import dice_distribution, search_curves
+from nastk.report.figures import dice_distribution, gap_curves, gap_figure, search_curves
 from nastk.report.leaderboard import (
     cases_frame,
     leaderboard,
@@ -21,6 +22,7 @@ from nastk.report.paper import (
     UnknownTaskError,
     paper_rows,
     resolve_task,
+    table1_rows,
 )
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "UnknownTaskError",
     "cases_frame",
     "dice_distribution",
+    "gap_curves",
+    "gap_figure",
     "leaderboard",
     "markdown_table",
     "metric_columns",
@@ -39,5 +43,6 @@ __all__ = [
     "resolve_task",
     "search_curves",
     "summary",
+    "table1_rows",
     "write_report",
 ]

@@ -1,14 +1,17 @@
 """Report figures, drawn on ``matplotlib.figure.Figure`` (Agg, no pyplot state) and written as
 PNG atomically.
 
-* :func:`search_curves`: a search ``log.csv`` over iterations (cf. Fig. 8 of the paper);
+* :func:`search_curves`: a search ``log.csv`` over iterations;
+* :func:`gap_curves`: the discretization gap G of several searches in one plot, styled as Fig. 8 of the
+  paper (colour: the memory constraint sigma; dashed: with topology loss, solid: without);
 * :func:`dice_distribution`: per-class DSC and NSD over cases, per method.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +183,71 @@ def search_curves(log_csv: str | Path, out_png: str | Path, sigma: float | None 
         )
     fig.suptitle(f"Search curves: {path.parent.name or path.name}", fontsize=10)
     return _save(fig, out_png)
+
+
+@dataclass(frozen=True)
+class GapRun:
+    """One search for :func:`gap_curves`: its name, ``search/log.csv``, its sigma (None without a memory
+    loss; for a GB budget the ``sigma_eff`` it logged) and whether it used the topology loss."""
+
+    name: str
+    log: Path
+    sigma: float | None
+    topology: bool
+    budget_gb: float | None = None
+
+
+def _gap_series(log: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        df = pd.read_csv(log)
+    except (FileNotFoundError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{log}: no search log to plot ({e})") from e
+    if "iteration" not in df.columns or "gap" not in df.columns:
+        raise DataError(f"{log}: a search log needs 'iteration' and 'gap' columns")
+    it, gap = pd.to_numeric(df["iteration"], errors="coerce"), pd.to_numeric(df["gap"], errors="coerce")
+    ok = it.notna() & gap.notna()
+    return it[ok].to_numpy(float), gap[ok].to_numpy(float)
+
+
+def gap_figure(runs: Sequence[GapRun]) -> Figure:
+    """Fig. 8 of the paper for ``runs``: G over iterations, one colour per sigma (grey without a memory
+    loss), dashed with the topology loss and solid without, one legend entry per run."""
+    if not runs:
+        raise DataError("gap_curves: no search logs to plot")
+    sigmas = sorted({r.sigma for r in runs if r.sigma is not None})
+    colour = {s: f"C{i % 10}" for i, s in enumerate(sigmas)}
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for r in runs:
+        it, gap = _gap_series(r.log)
+        if r.sigma is None:
+            what = "no memory loss"
+        elif r.budget_gb is not None:
+            what = rf"{r.budget_gb:g} GB ($\sigma_{{eff}}$ = {r.sigma:.3g})"
+        else:
+            what = rf"$\sigma$ = {r.sigma:g}"
+        label = f"{r.name}: {what}, {'with' if r.topology else 'no'} topology loss"
+        ax.plot(
+            it,
+            gap,
+            color=colour.get(r.sigma, "0.45"),
+            ls="--" if r.topology else "-",
+            lw=1.5,
+            drawstyle="steps-post",
+            label=label,
+        )
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("gap G")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3, lw=0.6)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.suptitle("Discretization gap G during search (dashed: with topology loss)", fontsize=10)
+    return fig
+
+
+def gap_curves(runs: Sequence[GapRun], out_png: str | Path) -> Path:
+    """:func:`gap_figure` written to ``out_png``."""
+    return _save(gap_figure(runs), out_png)
 
 
 def _draw_groups(ax, cases: pd.DataFrame, metric: str, labels: list[int], methods: list[str]) -> None:

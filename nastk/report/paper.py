@@ -1,4 +1,5 @@
-"""Table 2 of the DiNTS paper: MSD test-set results of six methods on all ten tasks.
+"""Tables 1 and 2 of the DiNTS paper: Pancreas architectures with 5-fold cross-validation Dice (Table 1),
+and MSD test-set results of six methods on all ten tasks (Table 2).
 
 The numbers are the Medical Segmentation Decathlon live-leaderboard values that the paper
 prints, transcribed here by hand. They are percentages (DSC and NSD x 100) kept exactly as
@@ -267,3 +268,36 @@ def paper_rows(task: str | None = None) -> pd.DataFrame:
     from nastk.report.leaderboard import rank_rows
 
     return rank_rows(df)
+
+
+# --------------------------------------------------------------------------------------------- Table 1
+
+TABLE1_SOURCE = (
+    "He, Yang, Roth, Zhao, Xu: 'DiNTS: Differentiable Neural Network Topology Search for 3D Medical Image "
+    "Segmentation', CVPR 2021, Table 1 (Pancreas: FLOPs, parameters, retraining GPU memory and 5-fold "
+    "cross-validation DSC in %), transcribed by hand. Its FLOPs are multiply-accumulates (the published "
+    "sigma = 0.8 architecture counts 333.6 G MACs at 96^3; the table prints 334)."
+)
+TABLE1_LABEL = "paper Table 1"
+TABLE1_TASK = "Pancreas"
+
+# (model, FLOPs in G, parameters in M, retraining memory in MB, DSC1, DSC2, Avg.); "-" in the paper is None.
+_TABLE1: tuple[tuple, ...] = (
+    ("3D UNet (nn-UNet)", 658, 18, 9176, None, None, None),
+    ("Attention UNet", 1163, 104, 13465, None, None, None),
+    ("C2FNAS", 151, 17, 5730, None, None, None),
+    ("DiNTS (σ=0.2)", 146, 163, 5787, 77.94, 48.07, 63.00),
+    ("DiNTS (σ=0.5)", 308, 147, 10110, 80.20, 52.25, 66.23),
+    ("DiNTS (σ=0.8)", 334, 152, 13018, 80.06, 52.53, 66.29),
+)
+
+
+def table1_rows(with_dice_only: bool = False) -> pd.DataFrame:
+    """Table 1 as printed: ``method, source, GMACs, params_M, est_train_MB, DSC1, DSC2, DSC avg`` (the
+    memory is the paper's retraining GPU memory); ``with_dice_only`` keeps the rows with a DSC."""
+    cols = ["method", "GMACs", "params_M", "est_train_MB", "DSC1", "DSC2", "DSC avg"]
+    df = pd.DataFrame([dict(zip(cols, row)) for row in _TABLE1], columns=cols).astype(
+        {c: float for c in cols[1:]}
+    )
+    df.insert(1, "source", TABLE1_LABEL)
+    return df.dropna(subset=["DSC1"]).reset_index(drop=True) if with_dice_only else df
