@@ -16,7 +16,7 @@ import torch
 
 from nastk import registry
 from nastk.data import augment
-from nastk.data.preprocess import load_case, preprocess
+from nastk.data.preprocess import load_case, pad_value, preprocess
 from nastk.data.sampler import PatchDataset, make_loader
 from nastk.engine import checkpoint as ckpt
 from nastk.engine import distributed as dd
@@ -94,7 +94,7 @@ def validate(net, cache_root: Path, case_ids: list[str], spec: Spec, device, amp
     net.eval()
     rows = []
     for case_id in case_ids:
-        image, label, _ = load_case(cache_root, case_id, mmap=False)
+        image, label, meta = load_case(cache_root, case_id, mmap=False)
         probs = sliding_window_predict(
             torch.from_numpy(np.ascontiguousarray(image)),
             net,
@@ -106,6 +106,7 @@ def validate(net, cache_root: Path, case_ids: list[str], spec: Spec, device, amp
             device=device,
             accumulate_on="cpu",
             amp=amp != "off" and device.type == "cuda",
+            pad_value=pad_value(meta),
         )
         pred = probs.argmax(0)
         for c, d in enumerate(

@@ -11,7 +11,7 @@ import torch
 from nastk import registry
 from nastk.data.dataset import IMAGE_SUFFIXES, Case, read_dataset, strip_suffix
 from nastk.data.imageio import check_headers
-from nastk.data.preprocess import load_plan, preprocess, process_case, restore_geometry
+from nastk.data.preprocess import load_plan, pad_value, preprocess, process_case, restore_geometry
 from nastk.engine.checkpoint import load as load_checkpoint
 from nastk.engine.checkpoint import restore
 from nastk.engine.distributed import device_kind
@@ -207,6 +207,7 @@ def run_predict(
                 amp=inf.amp and dev.type == "cuda",
                 flip_tta=inf.flip_tta,
                 progress=bar.windows(case.id),
+                pad_value=pad_value(meta),
             )
             per_fold.append(probs.argmax(0) if inf.ensemble == "vote" else probs)
         labels = (
