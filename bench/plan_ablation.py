@@ -1,0 +1,274 @@
+"""The paper's fixed setting against `nastk plan`'s, at equal compute, on two synthetic datasets.
+
+    python bench/plan_ablation.py [--out bench-plan] [--iters 400] [--seeds 0] [--workers 0]
+
+Datasets (both made by nastk, MSD format, held-out test cases with labels in labelsTs/):
+
+* body: ``write_synthetic_task`` (organ and lesion in a body with a zero background; about
+  0.8 x 0.8 x 1.5 mm, mildly anisotropic, arbitrary MR-like units);
+* head: ``write_head_task`` (brain and lesion; thick slices, about 1 x 1 x 4 mm, so strongly
+  anisotropic; MR-like T1 contrast; every second case skull-stripped, i.e. 0 outside the brain, as
+  the head in issue 17 that lost Dice to "zero outside").
+
+Arms, each retraining the same architecture (decoded once from a short search on the body task at
+the paper's setting, so that architecture noise does not mask the data settings) for the same number
+of iterations at the same batch:
+
+* paper: 1.0 mm isotropic spacing, z-score over the nonzero region with 0 outside, a 48^3 patch
+  (the paper's 96^3 shrunk for a CPU, cubic as the paper's), rot90_xy + flip, stride 1/6 of the patch
+  (the paper's 16 for 96);
+* planned: ``nastk plan``'s spacing, normalisation, stride and patch, the patch planned with the
+  memory the paper arm's largest network needs (so at most the paper arm's compute per step);
+* planned + extended augmentation: rotate_xy, scale and gamma added (the paper's set for nine tasks);
+* planned, stride 1/6: the planned models predicting with the paper's denser stride;
+* planned, paper normalisation: the planned setting with the paper's z-score and 0 outside.
+
+Largest-component post-processing is off in every arm (cross-validation decides it, issue 13). The
+table gives DSC per class on the held-out cases (mean over cases, then over seeds), the patch voxels
+(compute per step) and the wall time of each arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from nastk.data.synthetic import write_head_task, write_synthetic_task
+from nastk.engine.options import RunOptions
+from nastk.engine.retrain import run_retrain
+from nastk.engine.search import run_search
+from nastk.inference.predict import run_predict
+from nastk.metrics import dice
+from nastk.plan import make_plan
+from nastk.setting import required_gb, retrain_setting
+from nastk.spec import validate
+
+SPACE = {"name": "dints", "params": {"layers": 3, "depths": 3, "filters": 4}}
+PAPER_PATCH = [48, 48, 48]
+EXTENDED = [
+    {"name": "rot90_xy"},
+    {"name": "flip"},
+    {"name": "rotate_xy"},
+    {"name": "scale"},
+    {"name": "gamma"},
+]
+FOLDS = 4  # fold 0 trains on 3/4 of the training cases
+
+
+def paper_spec(root: Path, iters: int, seed: int) -> dict:
+    patch = PAPER_PATCH
+    return {
+        "seed": seed,
+        "dataset": {
+            "root": str(root),
+            "spacing": [1.0, 1.0, 1.0],
+            "num_classes": 3,
+            "num_folds": FOLDS,
+            "num_workers": 0,
+            "augment": [{"name": "rot90_xy"}, {"name": "flip"}],
+        },
+        "space": SPACE,
+        "losses": [{"name": "dice_ce"}],
+        "search": {"patch_size": patch, "batch_size": 2},
+        "retrain": {
+            "patch_size": patch,
+            "filter_multiplier": 2.0,
+            "batch_multiplier": 1,
+            "gpus": 1,
+            "warmup_iters": max(1, iters // 40),
+            "iters": iters,
+            "milestones": [round(f * iters) for f in (0.2, 0.4, 0.6, 0.8)],
+            "val_every": iters + iters // 40,
+            "checkpoint_every": 10_000,
+        },
+        "inference": {
+            "patch_size": patch,
+            "stride": [max(1, p // 6) for p in patch],
+            "largest_component": False,
+        },
+    }
+
+
+def search_spec(root: Path) -> dict:
+    """The quickstart's short search, at the paper arm's setting on the body task."""
+    spec = paper_spec(root, 100, 0)
+    spec["losses"] = [
+        {"name": "dice_ce"},
+        {"name": "entropy_alpha"},
+        {"name": "entropy_eta"},
+        {"name": "topology", "weight": 0.001},
+        {"name": "memory", "params": {"sigma": 0.8}},
+    ]
+    spec["search"] = {
+        "patch_size": [32, 32, 32],
+        "batch_size": 2,
+        "warmup_iters": 10,
+        "weight_iters": 30,
+        "joint_iters": 40,
+        "milestones": [40, 60],
+        "log_every": 10,
+        "checkpoint_every": 1000,
+    }
+    return spec
+
+
+def planned_spec(root: Path, paper: dict) -> tuple[dict, dict]:
+    """The plan's data settings, its patch planned within the paper arm's memory; schedule and batch
+    as the paper arm's (equal compute)."""
+    resolved = validate(paper)
+    from nastk import registry
+
+    space = registry.load("spaces", resolved.space.name)
+    ops = {n: registry.load("ops", n) for n in resolved.ops}
+    params = space.Params.model_validate(resolved.space.params)
+    _, largest = space.network_memory(params, ops, retrain_setting(resolved))
+    gpu = required_gb(largest, 0.1, 0.0)  # no CUDA context on a CPU: no reserve
+    base = {
+        "space": SPACE,
+        "losses": [{"name": "dice_ce"}, {"name": "memory", "params": {"reserve_gb": 0.0}}],
+    }
+    plan = make_plan(root, gpu, gpus=1, base=base)
+    # The plan's room rule may admit a patch a little larger than the paper arm's: ask for less memory
+    # until it takes no more voxels per step (equal compute at most).
+    while np.prod(plan.data["retrain"]["patch_size"]) > np.prod(paper["retrain"]["patch_size"]):
+        gpu *= 0.9
+        plan = make_plan(root, gpu, gpus=1, base=base)
+    d, r, inf = plan.data["dataset"], plan.data["retrain"], plan.data["inference"]
+    spec = json.loads(json.dumps(paper))
+    spec["dataset"].update(
+        spacing=d["spacing"], normalization=d["normalization"], nsd_tolerance=d["nsd_tolerance"]
+    )
+    spec["search"]["patch_size"] = r["patch_size"]
+    spec["retrain"]["patch_size"] = r["patch_size"]
+    spec["inference"].update(patch_size=inf["patch_size"], stride=inf["stride"])
+    return spec, plan.data
+
+
+def evaluate(predictions: Path, root: Path, classes: int) -> dict:
+    """Mean DSC per class over the test cases, and per case."""
+    rows = []
+    for ref_path in sorted((root / "labelsTs").glob("*.nii.gz")):
+        pred = np.asarray(nib.load(predictions / ref_path.name).dataobj)
+        ref = np.asarray(nib.load(ref_path).dataobj)
+        rows.append([dice(pred == c, ref == c) for c in range(1, classes)])
+    table = np.array(rows)
+    return {"per_class": np.nanmean(table, 0).tolist(), "per_case": table.tolist()}
+
+
+def run_arm(name: str, spec_dict: dict, arch: Path, root: Path, out: Path, stride=None) -> dict:
+    run = out / name
+    spec = validate(json.loads(json.dumps(spec_dict)), f"{name}.yaml")
+    t0 = time.monotonic()
+    if not (run / "retrain" / "fold_0" / "model_final.pt").exists():
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "arch.json").write_text(arch.read_text())
+        resume = (run / "retrain" / "fold_0" / "checkpoint.pt").exists()
+        run_retrain(spec, run / "arch.json", "0", RunOptions(out=run, resume=resume, quiet=True))
+    trained = time.monotonic() - t0
+    preds = run / "predictions"
+    if stride is not None:
+        spec.inference.stride = tuple(stride)
+        preds = run / "predictions_stride"
+    t1 = time.monotonic()
+    run_predict(spec, run, root / "imagesTs", preds, [0], "final", True, None, True)
+    result = evaluate(preds, root, spec.dataset.num_classes)
+    result.update(train_s=trained, predict_s=time.monotonic() - t1, patch=list(spec.retrain.patch_size))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("bench-plan"))
+    ap.add_argument("--iters", type=int, default=400)
+    ap.add_argument("--seeds", type=str, default="0")
+    ap.add_argument("--cases", type=int, default=24)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = args.out
+    t_all = time.monotonic()
+    data = {
+        "body": out / "data" / "body",
+        "head": out / "data" / "head",
+    }
+    if not (data["body"] / "dataset.json").exists():
+        write_synthetic_task(data["body"], cases=args.cases, size=64, test_cases=6)
+    if not (data["head"] / "dataset.json").exists():
+        write_head_task(data["head"], cases=args.cases, size=64, test_cases=6)
+
+    arch = out / "search" / "arch.json"
+    if not arch.exists():
+        run_search(
+            validate(search_spec(data["body"]), "search.yaml"), RunOptions(out=out / "search", quiet=True)
+        )
+
+    results: dict[str, dict] = {}
+    for dname, root in data.items():
+        for seed in seeds:
+            paper = paper_spec(root, args.iters, seed)
+            planned, plan_data = planned_spec(root, paper)
+            extended = json.loads(json.dumps(planned))
+            extended["dataset"]["augment"] = EXTENDED
+            paper_norm = json.loads(json.dumps(planned))
+            paper_norm["dataset"].pop("normalization")
+            arms = {
+                "paper": (paper, None),
+                "planned": (planned, None),
+                "planned + extended augmentation": (extended, None),
+                "planned, stride 1/6": (planned, [max(1, p // 6) for p in planned["retrain"]["patch_size"]]),
+                "planned, paper normalisation": (paper_norm, None),
+            }
+            if paper_norm["dataset"].get("normalization") is None and planned["dataset"]["normalization"] == [
+                "zscore_nonzero"
+            ]:
+                del arms["planned, paper normalisation"]  # the plan kept the paper's normalisation
+            for arm, (spec, stride) in arms.items():
+                folder = {
+                    "paper": "paper",
+                    "planned": "planned",
+                    "planned + extended augmentation": "planned-ext",
+                    "planned, stride 1/6": "planned",
+                    "planned, paper normalisation": "planned-papernorm",
+                }[arm]
+                key = f"{dname}|{arm}|{seed}"
+                print(f"{key} ...", file=sys.stderr, flush=True)
+                results[key] = run_arm(f"{dname}-{folder}-s{seed}", spec, arch, root, out / "runs", stride)
+                results[key]["plan"] = {k: plan_data["dataset"][k] for k in ("spacing", "normalization")}
+                print(f"{key}: {results[key]['per_class']}", file=sys.stderr, flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    wall = time.monotonic() - t_all
+    print_table(results, seeds, wall)
+
+
+def print_table(results: dict, seeds: list[int], wall: float) -> None:
+    arms = []
+    for key in results:
+        dname, arm, _ = key.split("|")
+        if (dname, arm) not in arms:
+            arms.append((dname, arm))
+    print("| dataset | setting | patch (voxels) | DSC class 1 | DSC class 2 | mean | train + predict (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for dname, arm in arms:
+        rows = [results[f"{dname}|{arm}|{s}"] for s in seeds]
+        per_class = np.mean([r["per_class"] for r in rows], 0)
+        patch = rows[0]["patch"]
+        secs = np.mean([r["train_s"] + r["predict_s"] for r in rows])
+        shape = f"{'x'.join(map(str, patch))} ({int(np.prod(patch)):,})"
+        print(
+            f"| {dname} | {arm} | {shape} | {per_class[0]:.3f} | {per_class[1]:.3f} | {per_class.mean():.3f} "
+            f"| {secs:.0f} |"
+        )
+    machine = f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    print(f"\n{machine}; seeds {seeds}; wall time {wall / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
