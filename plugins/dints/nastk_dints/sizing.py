@@ -11,7 +11,8 @@
 * ``step_flops``: floating-point operations of one forward of the per-GPU batch, for the supernet
   (every op on every edge) or the costliest network (the op with the most FLOPs on every edge),
   summed over the same parts as the memory model. Each part is counted once at a tiny size by
-  ``torch.utils.flop_counter`` and scaled by its output voxels (convolutions are linear in them).
+  ``torch.utils.flop_counter`` on the meta device and scaled by its output voxels (convolutions are
+  linear in them); the sum equals the count of the whole (unfused) supernet (tested).
   The fused supernet cells compute somewhat more than this (their stacked 3x3x3 kernel).
 """
 
@@ -99,17 +100,14 @@ def _counted(key: tuple, in_channels: int, in_scale: float, build) -> float:
         from torch.utils.flop_counter import FlopCounterMode
 
         side = 4
-        module = build()
-        x = torch.zeros(1, in_channels, *(int(side * in_scale),) * 3)
-        # PyTorch's own kernels: the flop counter does not see the oneDNN calls of kernels.py.
-        # (Not mkldnn.flags(): it also sets a TF32 flag, which warns on every CPU build.)
-        enabled = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = False
-        try:
+        # On the meta device: shapes only, so nothing is initialised or computed (the paper's space
+        # has 256-channel cells), and PyTorch's own conv, not the oneDNN calls of kernels.py that the
+        # counter would not see.
+        with torch.device("meta"):
+            module = build()
+            x = torch.zeros(1, in_channels, *(int(side * in_scale),) * 3)
             with torch.no_grad(), FlopCounterMode(display=False) as counter:
                 module(x)
-        finally:
-            torch.backends.mkldnn.enabled = enabled
         _FLOPS[key] = counter.get_total_flops() / side**3
     return _FLOPS[key]
 
