@@ -1,6 +1,6 @@
 """The paper's fixed setting against `nastk plan`'s, at equal compute, on two synthetic datasets.
 
-    python bench/plan_ablation.py [--out bench-plan] [--iters 400] [--seeds 0] [--workers 0]
+    python bench/plan_ablation.py [--out bench-plan] [--iters 300] [--seeds 0] [--cases 16] [--size 48]
 
 Datasets (both made by nastk, MSD format, held-out test cases with labels in labelsTs/):
 
@@ -31,6 +31,7 @@ table gives DSC per class on the held-out cases (mean over cases, then over seed
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -41,6 +42,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from nastk.data.fingerprint import compute_fingerprint
 from nastk.data.synthetic import write_head_task, write_synthetic_task
 from nastk.engine.options import RunOptions
 from nastk.engine.retrain import run_retrain
@@ -52,7 +54,7 @@ from nastk.setting import required_gb, retrain_setting
 from nastk.spec import validate
 
 SPACE = {"name": "dints", "params": {"layers": 3, "depths": 3, "filters": 4}}
-PAPER_PATCH = [48, 48, 48]
+PAPER_PATCH = [32, 32, 32]
 EXTENDED = [
     {"name": "rot90_xy"},
     {"name": "flip"},
@@ -120,9 +122,22 @@ def search_spec(root: Path) -> dict:
     return spec
 
 
-def planned_spec(root: Path, paper: dict) -> tuple[dict, dict]:
+def nnunet_target_spacing(root: Path) -> tuple[list[float], str]:
+    """nnU-Net's target spacing (median; the 10th percentile for a thick-sliced axis), for comparison."""
+    fp = compute_fingerprint(root)
+    target = np.median(fp.spacings, 0)
+    sizes = np.median(fp.crop_shapes, 0)
+    worst = int(np.argmax(target))
+    others = [a for a in range(3) if a != worst]
+    if target[worst] > 3 * max(target[others]) and sizes[worst] * 3 < min(sizes[others]):
+        target[worst] = max(float(np.percentile(fp.spacings[:, worst], 10)), float(max(target[others])))
+    return [float(v) for v in np.round(target, 4)], "nnU-Net"
+
+
+def planned_spec(root: Path, paper: dict, spacing: list[float] | None = None) -> tuple[dict, dict]:
     """The plan's data settings, its patch planned within the paper arm's memory; schedule and batch
-    as the paper arm's (equal compute)."""
+    as the paper arm's (equal compute). ``spacing`` replaces the planned spacing (the patch is planned
+    for it)."""
     resolved = validate(paper)
     from nastk import registry
 
@@ -135,12 +150,12 @@ def planned_spec(root: Path, paper: dict) -> tuple[dict, dict]:
         "space": SPACE,
         "losses": [{"name": "dice_ce"}, {"name": "memory", "params": {"reserve_gb": 0.0}}],
     }
-    plan = make_plan(root, gpu, gpus=1, base=base)
+    plan = make_plan(root, gpu, gpus=1, base=base, spacing=spacing)
     # The plan's room rule may admit a patch a little larger than the paper arm's: ask for less memory
     # until it takes no more voxels per step (equal compute at most).
     while np.prod(plan.data["retrain"]["patch_size"]) > np.prod(paper["retrain"]["patch_size"]):
         gpu *= 0.9
-        plan = make_plan(root, gpu, gpus=1, base=base)
+        plan = make_plan(root, gpu, gpus=1, base=base, spacing=spacing)
     d, r, inf = plan.data["dataset"], plan.data["retrain"], plan.data["inference"]
     spec = json.loads(json.dumps(paper))
     spec["dataset"].update(
@@ -166,13 +181,15 @@ def evaluate(predictions: Path, root: Path, classes: int) -> dict:
 def run_arm(name: str, spec_dict: dict, arch: Path, root: Path, out: Path, stride=None) -> dict:
     run = out / name
     spec = validate(json.loads(json.dumps(spec_dict)), f"{name}.yaml")
-    t0 = time.monotonic()
+    timing = run / "train_seconds.json"  # a second call reuses the model and its training time
     if not (run / "retrain" / "fold_0" / "model_final.pt").exists():
+        t0 = time.monotonic()
         run.mkdir(parents=True, exist_ok=True)
         (run / "arch.json").write_text(arch.read_text())
         resume = (run / "retrain" / "fold_0" / "checkpoint.pt").exists()
         run_retrain(spec, run / "arch.json", "0", RunOptions(out=run, resume=resume, quiet=True))
-    trained = time.monotonic() - t0
+        timing.write_text(json.dumps(time.monotonic() - t0))
+    trained = json.loads(timing.read_text()) if stride is None and timing.exists() else 0.0
     preds = run / "predictions"
     if stride is not None:
         spec.inference.stride = tuple(stride)
@@ -187,9 +204,10 @@ def run_arm(name: str, spec_dict: dict, arch: Path, root: Path, out: Path, strid
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench-plan"))
-    ap.add_argument("--iters", type=int, default=400)
-    ap.add_argument("--seeds", type=str, default="0")
-    ap.add_argument("--cases", type=int, default=24)
+    ap.add_argument("--iters", type=int, default=300, help="retraining iterations per arm")
+    ap.add_argument("--seeds", type=str, default="0", help="comma-separated training seeds")
+    ap.add_argument("--cases", type=int, default=16, help="training cases per dataset (6 held out)")
+    ap.add_argument("--size", type=int, default=48, help="in-plane side of the volumes in voxels")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -200,9 +218,9 @@ def main() -> None:
         "head": out / "data" / "head",
     }
     if not (data["body"] / "dataset.json").exists():
-        write_synthetic_task(data["body"], cases=args.cases, size=64, test_cases=6)
+        write_synthetic_task(data["body"], cases=args.cases, size=args.size, test_cases=6)
     if not (data["head"] / "dataset.json").exists():
-        write_head_task(data["head"], cases=args.cases, size=64, test_cases=6)
+        write_head_task(data["head"], cases=args.cases, size=args.size, test_cases=6)
 
     arch = out / "search" / "arch.json"
     if not arch.exists():
@@ -219,6 +237,7 @@ def main() -> None:
             extended["dataset"]["augment"] = EXTENDED
             paper_norm = json.loads(json.dumps(planned))
             paper_norm["dataset"].pop("normalization")
+            nnunet_spacing, _ = nnunet_target_spacing(root)
             arms = {
                 "paper": (paper, None),
                 "planned": (planned, None),
@@ -226,21 +245,23 @@ def main() -> None:
                 "planned, stride 1/6": (planned, [max(1, p // 6) for p in planned["retrain"]["patch_size"]]),
                 "planned, paper normalisation": (paper_norm, None),
             }
+            if nnunet_spacing != planned["dataset"]["spacing"]:  # anisotropic: the two rules differ
+                arms["planned, nnU-Net spacing"] = (
+                    planned_spec(root, paper, spacing=nnunet_spacing)[0],
+                    None,
+                )
             if paper_norm["dataset"].get("normalization") is None and planned["dataset"]["normalization"] == [
                 "zscore_nonzero"
             ]:
                 del arms["planned, paper normalisation"]  # the plan kept the paper's normalisation
             for arm, (spec, stride) in arms.items():
-                folder = {
-                    "paper": "paper",
-                    "planned": "planned",
-                    "planned + extended augmentation": "planned-ext",
-                    "planned, stride 1/6": "planned",
-                    "planned, paper normalisation": "planned-papernorm",
-                }[arm]
+                # Named by what decides the model (stride only decides the prediction), so a changed
+                # setting never reuses another's model.
+                digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+                folder = f"{dname}-s{seed}-{digest}"
                 key = f"{dname}|{arm}|{seed}"
                 print(f"{key} ...", file=sys.stderr, flush=True)
-                results[key] = run_arm(f"{dname}-{folder}-s{seed}", spec, arch, root, out / "runs", stride)
+                results[key] = run_arm(folder, spec, arch, root, out / "runs", stride)
                 results[key]["plan"] = {k: plan_data["dataset"][k] for k in ("spacing", "normalization")}
                 print(f"{key}: {results[key]['per_class']}", file=sys.stderr, flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=1))

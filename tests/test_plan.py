@@ -100,10 +100,10 @@ def test_target_spacing_median_and_anisotropy_rule():
     target, why = rules.target_spacing(spacings, shapes)
     np.testing.assert_allclose(target, [1.0, 1.0, 1.4])
     assert "median" in why
-    # Thick slices and few of them: the coarse axis takes the 10th percentile of its spacings.
+    # Thick slices and few of them: resampled to isotropic voxels (nnU-Net would keep them thick).
     thick = np.array([[0.7, 0.7, s] for s in (3.0, 4.0, 5.0, 6.0, 6.0)])
     target, why = rules.target_spacing(thick, np.array([[256, 256, 20]] * 5))
-    assert target[2] == pytest.approx(np.percentile([3, 4, 5, 6, 6], 10)) and target[0] == 0.7
+    np.testing.assert_allclose(target, [0.7, 0.7, 0.7])
     assert "anisotropic" in why
     # As coarse, but with as many voxels along it: the median (nnU-Net's second condition).
     target, _ = rules.target_spacing(thick, np.array([[256, 256, 200]] * 5))
@@ -303,9 +303,9 @@ def test_planned_spec_validates_fits_and_covers(tmp_path, name):
 def test_thick_slices_plan_anisotropic_spacing(tmp_path):
     root = write_task(tmp_path / "thick", [(40, 36, 6), (44, 40, 5), (40, 40, 6)], (0.7, 0.7, 4.0))
     plan = make_plan(root, 0.03, base=BASE)
-    assert plan.data["dataset"]["spacing"][2] == pytest.approx(4.0)  # median (all cases the same)
+    assert plan.data["dataset"]["spacing"] == [0.7, 0.7, 0.7]  # isotropic voxels for the search space
     assert "anisotropic" in plan.comments["dataset.spacing"]
-    assert plan.data["dataset"]["nsd_tolerance"] == {1: 4.0, 2: 4.0}
+    assert plan.data["dataset"]["nsd_tolerance"] == {1: 4.0, 2: 4.0}  # as acquired
 
 
 # ---------------------------------------------------------------------------------------------- knobs
@@ -368,7 +368,8 @@ def test_dints_sizing_matches_measurements(paper_ops):
         + sum(p.numel() for p in net.arch_parameters()) * 16
     )
     est = SPACE.supernet_memory(params, paper_ops, setting)
-    assert real <= est <= 1.05 * real  # never below what the supernet saves
+    # never below what the supernet saves (to allocator noise: a storage address reused counts once)
+    assert 0.999 * real <= est <= 1.05 * real
     for cell in net.modules():
         if hasattr(cell, "fuse"):
             cell.fuse = False  # count what the ops compute, not the fused kernels' padded taps

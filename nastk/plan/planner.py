@@ -124,9 +124,11 @@ def make_plan(
     cache_dir: str | Path | None = None,
     workers: int = 0,
     quiet: bool = True,
+    spacing: list[float] | None = None,
 ) -> Plan:
     """Plan a spec for ``dataset`` on GPUs of ``gpu_memory`` GB; ``time_budget`` in seconds covers
-    the search and the retraining of every fold."""
+    the search and the retraining of every fold. ``spacing`` (mm) overrides the spacing rule, and the
+    rest is planned for it (as nnU-Net's ``overwrite_target_spacing``)."""
     from nastk.spec import validate
 
     _check_inputs(gpu_memory, gpus, time_budget)
@@ -140,6 +142,11 @@ def make_plan(
     n_cases = len(fp.cases)
 
     # ---- dataset: geometry, intensities, labels
+    absent = [
+        c for c in sorted(fp.labels) if c > 0 and not any(case.classes.get(c, (0, 0))[0] for case in fp.cases)
+    ]
+    if absent:
+        notes.append(f"class(es) {absent} of dataset.json never appear in the training labels")
     ds["root"] = str(dataset)
     if cache_dir is not None:
         ds["cache_dir"] = str(cache_dir)
@@ -150,7 +157,12 @@ def make_plan(
     comments["dataset.num_classes"] = "dataset.json: " + ", ".join(
         f"{k} {v}" for k, v in sorted(fp.labels.items())
     )
-    spacing, why = rules.target_spacing(fp.spacings, fp.crop_shapes)
+    if spacing is None:
+        spacing, why = rules.target_spacing(fp.spacings, fp.crop_shapes)
+    else:
+        spacing, why = np.asarray(spacing, dtype=np.float64), "given (overrides the rule)"
+        if spacing.shape != (3,) or not (np.isfinite(spacing).all() and (spacing > 0).all()):
+            raise DataError(f"spacing: {list(spacing)} is not three positive numbers of mm")
     ds["spacing"] = [float(s) for s in spacing]
     comments["dataset.spacing"] = why
     modalities = [fp.modalities[c] for c in sorted(fp.modalities)]
