@@ -19,7 +19,8 @@ of iterations at the same batch:
   (the paper's 16 for 96);
 * planned: ``nastk plan``'s spacing, normalisation, stride and patch, the patch planned with the
   memory the paper arm's largest network needs (so at most the paper arm's compute per step);
-* planned + extended augmentation: rotate_xy, scale and gamma added (the paper's set for nine tasks);
+* planned + extended augmentation: rotate_xy, scale and gamma added (the paper's set for nine tasks;
+  rotated and zoomed patches padded with their border);
 * planned, stride 1/6: the planned models predicting with the paper's denser stride;
 * planned, paper normalisation: the planned setting with the paper's z-score and 0 outside.
 
@@ -55,11 +56,13 @@ from nastk.spec import validate
 
 SPACE = {"name": "dints", "params": {"layers": 3, "depths": 3, "filters": 4}}
 PAPER_PATCH = [32, 32, 32]
+# The paper's set for its nine other tasks. Rotated and zoomed patches are padded with their border (not
+# zeros), since under the planned normalisations 0 is not the outside's value.
 EXTENDED = [
     {"name": "rot90_xy"},
     {"name": "flip"},
-    {"name": "rotate_xy"},
-    {"name": "scale"},
+    {"name": "rotate_xy", "padding_mode": "border"},
+    {"name": "scale", "padding_mode": "border"},
     {"name": "gamma"},
 ]
 FOLDS = 4  # fold 0 trains on 3/4 of the training cases

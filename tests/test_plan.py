@@ -507,5 +507,11 @@ def test_plan_library_errors_are_typed(tmp_path):
         make_plan(root, 8, gpus=0)
     with pytest.raises(DataError, match="--time-budget"):
         make_plan(root, 8, time_budget=-1.0)
-    text = render(make_plan(root, 0.02, base=BASE))
+    with pytest.raises(DataError, match="spacing"):
+        make_plan(root, 8, spacing=[1.0, 0.0, 1.0])
+    given = make_plan(root, 0.02, base=BASE, spacing=[1.0, 1.0, 1.5])
+    assert (
+        given.data["dataset"]["spacing"] == [1.0, 1.0, 1.5] and "given" in given.comments["dataset.spacing"]
+    )
+    text = render(given)
     assert text.startswith("# Planned by `nastk plan`")
