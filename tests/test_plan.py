@@ -116,7 +116,7 @@ def test_patch_rules():
     # nnU-Net: shrink the axis largest relative to the median; never below the divisor
     assert rules.axis_to_shrink([64, 64, 32], np.array([60, 40, 30]), 16) == 1
     assert rules.axis_to_shrink([16, 16, 16], np.array([60, 40, 30]), 16) is None
-    assert rules.sliding_stride([64, 48, 16]) == [32, 24, 8]
+    assert rules.sliding_stride([96, 48, 16]) == [16, 8, 3]
     assert rules.batch_cap([64, 64, 64], 1e9, 1) == int(0.05 * 1e9 / 64**3)
     assert rules.batch_cap([64, 64, 64], 1e5, 8) == rules.MIN_BATCH
     assert rules.nsd_tolerance(np.array([0.8, 0.8, 2.5])) == 2.5
@@ -515,3 +515,18 @@ def test_plan_library_errors_are_typed(tmp_path):
     )
     text = render(given)
     assert text.startswith("# Planned by `nastk plan`")
+
+
+def test_head_task_is_anisotropic_and_stripped_where_asked(tmp_path):
+    from nastk.data.synthetic import write_head_task
+
+    root = write_head_task(
+        tmp_path / "Head", cases=2, size=24, test_cases=2, stripped_every=2, stripped_test_every=0
+    )
+    fp = compute_fingerprint(root)
+    stripped, full = fp.cases  # head_000 is stripped, head_001 is not
+    assert stripped.spacing[2] > 3 * stripped.spacing[0] and stripped.shape[2] * 3 < stripped.shape[0]
+    assert stripped.foreground_share_of_nonzero > 0.5 > full.foreground_share_of_nonzero
+    assert full.relative_size_after_crop == 1.0 > stripped.relative_size_after_crop  # noisy air is nonzero
+    test = [np.asarray(nib.load(p).dataobj) for p in sorted((root / "imagesTs").glob("*.nii.gz"))]
+    assert all((image != 0).all() for image in test)  # stripped_test_every=0: no test case stripped
