@@ -105,6 +105,28 @@ class Diagnoses(Protocol):
 
 
 @runtime_checkable
+class SizesTraining(Protocol):
+    """A search space that can say what training costs before any search (``nastk plan`` needs it).
+
+    ``setting`` is a ``nastk.setting.TrainingSetting`` (per GPU); filters are ``params``' times
+    ``setting.filter_multiplier``. Bytes are what one GPU holds: activations saved for backward plus
+    parameter state (``setting.state_bytes_per_param``), with no margin or reserve.
+    """
+
+    def network_memory(self, params: BaseModel, ops: dict[str, CellOp], setting: Any) -> tuple[float, float]:
+        """(smallest, largest): bytes to retrain the cheapest and the costliest network of the space."""
+        ...
+
+    def supernet_memory(self, params: BaseModel, ops: dict[str, CellOp], setting: Any) -> float:
+        """Bytes of a search step of the supernet."""
+        ...
+
+    def step_flops(self, params: BaseModel, ops: dict[str, CellOp], setting: Any, network: str) -> float:
+        """FLOPs of one forward of the per-GPU batch; ``network``: "supernet" or "largest"."""
+        ...
+
+
+@runtime_checkable
 class RanksArchitectures(Protocol):
     """A discretizer that returns the k best distinct architectures, optionally under a memory budget
     (``nastk.setting.MemoryBudget``); ``nastk decode --top-k/--budget-gb`` need it."""

@@ -48,6 +48,12 @@ class DatasetSpec(_Section):
     cache_dir: str | None = Field(None, description="Preprocessed cache; default <root>/.nastk-cache.")
     num_workers: int = Field(2, ge=0, description="Processes for preprocessing and patch loading.")
     crop_nonzero: bool = Field(True, description="Crop each case to its nonzero region.")
+    normalization: list[Literal["ct", "zscore_nonzero", "zscore_nonzero_keep", "zscore"]] | None = Field(
+        None,
+        description="Intensity normalisation per channel (README, Data): ct, zscore_nonzero (z-score over "
+        "the nonzero region, 0 outside), zscore_nonzero_keep (the same statistics, the outside keeps its "
+        "value), zscore (all voxels). Default: by modality, as the paper (CT: ct, else zscore_nonzero).",
+    )
     fg_fraction: float = Field(
         0.33,
         ge=0,
@@ -77,6 +83,14 @@ class DatasetSpec(_Section):
         if not all(math.isfinite(s) and s > 0 for s in value):
             raise ValueError(f"every spacing must be a positive number of mm, got {list(value)}")
         return value
+
+    @model_validator(mode="after")
+    def _one_scheme_per_channel(self) -> DatasetSpec:
+        if self.normalization is not None and len(self.normalization) != self.in_channels:
+            raise ValueError(
+                f"normalization names {len(self.normalization)} scheme(s) for {self.in_channels} channel(s)"
+            )
+        return self
 
     @field_validator("nsd_tolerance")
     @classmethod

@@ -49,7 +49,7 @@ class Plan:
 
     dataset: str  # fingerprint of dataset.json and the files it lists
     spacing: tuple[float, float, float]
-    normalization: tuple[str, ...]  # per channel: "ct" or "zscore_nonzero"
+    normalization: tuple[str, ...]  # per channel: one of SCHEMES
     labels: tuple[int, ...]
     crop_nonzero: bool = True
     version: int = VERSION
@@ -59,8 +59,24 @@ class Plan:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+SCHEMES = ("ct", "zscore_nonzero", "zscore_nonzero_keep", "zscore")
+
+
 def normalization_for(modality: str) -> str:
+    """The paper's scheme for a modality (what preprocessing uses without ``dataset.normalization``)."""
     return "ct" if modality.strip().upper() == "CT" else "zscore_nonzero"
+
+
+def normalization_schemes(dataset_spec, info: DatasetInfo) -> tuple[str, ...]:
+    """Per channel: ``dataset.normalization`` where the spec sets it, else by modality."""
+    if dataset_spec.normalization is not None:
+        if len(dataset_spec.normalization) != info.num_channels:
+            raise DataError(
+                f"{info.root / 'dataset.json'}: {info.num_channels} channels, but dataset.normalization "
+                f"names {len(dataset_spec.normalization)}"
+            )
+        return tuple(dataset_spec.normalization)
+    return tuple(normalization_for(info.modalities[c]) for c in sorted(info.modalities))
 
 
 def dataset_fingerprint(info: DatasetInfo) -> str:
@@ -165,19 +181,33 @@ def ct_statistics(
 
 
 def normalize(image: np.ndarray, mask: np.ndarray, scheme: str, stats: dict[str, float] | None) -> np.ndarray:
+    return normalize_with_pad(image, mask, scheme, stats)[0]
+
+
+def normalize_with_pad(
+    image: np.ndarray, mask: np.ndarray, scheme: str, stats: dict[str, float] | None
+) -> tuple[np.ndarray, float]:
+    """One channel normalised with ``scheme``, and the value padding gets (what the outside has)."""
     # In float64: the float32 sum of squares of intensities near 1e18 overflows, and an infinite std
     # would silently turn the whole case into zeros.
     image = image.astype(np.float64)
     if scheme == "ct":
         assert stats is not None
         out = (np.clip(image, stats["lo"], stats["hi"]) - stats["mean"]) / max(stats["std"], 1e-8)
-        return out.astype(np.float32)
-    values = image[mask]
+        return out.astype(np.float32), 0.0
+    if scheme not in SCHEMES:
+        raise DataError(f"unknown normalization {scheme!r} (one of {', '.join(SCHEMES)})")
+    values = image if scheme == "zscore" else image[mask]
     if values.size == 0:
-        return np.zeros(image.shape, np.float32)
-    out = (image - values.mean()) / max(float(values.std()), 1e-8)
-    out[~mask] = 0
-    return out.astype(np.float32)
+        return np.zeros(image.shape, np.float32), 0.0
+    mean, std = float(values.mean()), max(float(values.std()), 1e-8)
+    out = (image - mean) / std
+    if scheme == "zscore_nonzero":
+        out[~mask] = 0
+        return out.astype(np.float32), 0.0
+    # Beyond the crop box the image is 0 (it was cropped to its nonzero region), so padding gets
+    # what intensity 0 maps to, like the outside inside the box.
+    return out.astype(np.float32), float(np.float32(-mean / std))
 
 
 def process_case(
@@ -200,8 +230,10 @@ def process_case(
     box = bounding_box(mask) if plan.crop_nonzero else [[0, s] for s in mask.shape]
     mask = _crop(mask, box)
     image = np.stack([_crop(to_array(c), box) for c in channels]).astype(np.float32)
+    pad = []
     for c, scheme in enumerate(plan.normalization):
-        image[c] = normalize(image[c], mask, scheme, stats.get(c))
+        image[c], value = normalize_with_pad(image[c], mask, scheme, stats.get(c))
+        pad.append(value)
     if not np.isfinite(image).all():
         raise DataError(f"{what}: {case.images[0]}: intensities are not finite after normalisation")
     label = None
@@ -217,6 +249,7 @@ def process_case(
         "crop": box,
         "shape": list(image.shape[1:]),
         "classes": sorted(int(v) for v in np.unique(label) if v > 0) if label is not None else [],
+        "pad_value": pad,
     }
     return np.ascontiguousarray(image), label, meta
 
@@ -343,7 +376,7 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
     plan = Plan(
         dataset=dataset_fingerprint(info),
         spacing=tuple(float(s) for s in dataset_spec.spacing),
-        normalization=tuple(normalization_for(info.modalities[c]) for c in sorted(info.modalities)),
+        normalization=normalization_schemes(dataset_spec, info),
         labels=tuple(sorted(info.labels)),
         crop_nonzero=dataset_spec.crop_nonzero,
     )
@@ -402,7 +435,7 @@ def load_plan(plan_file: Path) -> tuple[Plan, dict[int, dict[str, float]]]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         raise DataError(f"{plan_file}: not a readable preprocessing plan ({detail})") from None
-    if len(plan.spacing) != 3 or not set(plan.normalization) <= {"ct", "zscore_nonzero"}:
+    if len(plan.spacing) != 3 or not set(plan.normalization) <= set(SCHEMES):
         raise DataError(f"{plan_file}: not a readable preprocessing plan (bad spacing or normalization)")
     missing = [c for c, scheme in enumerate(plan.normalization) if scheme == "ct" and c not in stats]
     if missing:
@@ -505,6 +538,11 @@ def load_case(
     except (OSError, ValueError) as exc:
         raise DataError(f"{meta_file}: damaged cache file ({type(exc).__name__})") from None
     return image, label, meta
+
+
+def pad_value(meta: dict) -> list[float] | float:
+    """What padding gets in each channel of a cached case (0 in caches older than the field)."""
+    return [float(v) for v in meta.get("pad_value", [])] or 0.0
 
 
 def load_foreground(cache_root: Path, case_id: str) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from nastk.data.preprocess import load_case, load_foreground
+from nastk.data.preprocess import load_case, load_foreground, pad_value
 
 
 class PatchDataset(Dataset):
@@ -43,9 +43,10 @@ class PatchDataset(Dataset):
     def _case(self, case_id: str):
         # Opened lazily in each worker: memory maps are cheap and not shared across fork boundaries.
         if case_id not in self._cases:
-            image, label, _ = load_case(self.cache_root, case_id, mmap=True)
+            image, label, meta = load_case(self.cache_root, case_id, mmap=True)
             fg = load_foreground(self.cache_root, case_id)
-            self._cases[case_id] = (image, label, fg)
+            pad = np.broadcast_to(np.asarray(pad_value(meta), np.float32), (image.shape[0],))
+            self._cases[case_id] = (image, label, fg, pad)
         return self._cases[case_id]
 
     def patch_start(self, rng: np.random.Generator, shape: np.ndarray, fg: np.ndarray) -> np.ndarray:
@@ -66,13 +67,16 @@ class PatchDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])
         case_id = self.case_ids[rng.integers(len(self.case_ids))]
-        image, label, fg = self._case(case_id)
+        image, label, fg, pad = self._case(case_id)
         shape = np.asarray(image.shape[1:])
         start = self.patch_start(rng, shape, fg)
         stop = start + self.patch
         src = tuple(slice(max(a, 0), min(b, s)) for a, b, s in zip(start, stop, shape))
         dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, start))
-        out_image = np.zeros((image.shape[0], *self.patch), dtype=np.float32)
+        # What reaches past the volume gets the value its outside has (0 unless the normalisation
+        # keeps the outside's own value: see preprocess).
+        out_image = np.empty((image.shape[0], *self.patch), dtype=np.float32)
+        out_image[:] = pad[:, None, None, None]
         out_label = np.zeros(tuple(self.patch), dtype=np.uint8)
         out_image[(slice(None), *dst)] = image[(slice(None), *src)]
         out_label[dst] = label[src]

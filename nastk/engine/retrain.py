@@ -25,7 +25,7 @@ from nastk import registry
 from nastk.crossval import SPLITS_FILE, missing_predictions, prediction_file, update_postprocessing
 from nastk.data import augment
 from nastk.data.dataset import read_dataset
-from nastk.data.preprocess import load_case, preprocess, restore_geometry
+from nastk.data.preprocess import load_case, pad_value, preprocess, restore_geometry
 from nastk.data.sampler import PatchDataset, make_loader
 from nastk.engine import checkpoint as ckpt
 from nastk.engine import distributed as dd
@@ -130,9 +130,10 @@ def validate(
                 device=device,
                 accumulate_on="cpu",
                 amp=amp != "off" and device.type == "cuda",
+                pad_value=pad_value(meta),
             )
         else:
-            probs = window_probabilities(volume, net, spec, device)
+            probs = window_probabilities(volume, net, spec, device, pad_value=pad_value(meta))
         pred = probs.argmax(0)
         if oof is not None:
             oof.write(case_id, pred, meta)

@@ -11,7 +11,7 @@ import torch
 from nastk import registry
 from nastk.data.dataset import IMAGE_SUFFIXES, Case, read_dataset, strip_suffix
 from nastk.data.imageio import check_headers
-from nastk.data.preprocess import load_plan, preprocess, process_case, restore_geometry
+from nastk.data.preprocess import load_plan, pad_value, preprocess, process_case, restore_geometry
 from nastk.engine.checkpoint import load as load_checkpoint
 from nastk.engine.checkpoint import restore
 from nastk.engine.distributed import device_kind
@@ -108,9 +108,11 @@ def window_probabilities(
     device: torch.device,
     progress=None,
     accumulate_on: str | None = None,
+    pad_value: list[float] | float = 0.0,
 ) -> torch.Tensor:
     """Class probabilities ``[K, X, Y, Z]`` of one preprocessed volume with the spec's inference settings:
-    what `predict`, the out-of-fold predictions and the last validation of a fold all compute."""
+    what `predict`, the out-of-fold predictions and the last validation of a fold all compute.
+    ``pad_value``: what the image is padded with where a window leaves it (the cache's value per channel)."""
     inf = spec.inference
     return sliding_window_predict(
         volume,
@@ -125,6 +127,7 @@ def window_probabilities(
         amp=inf.amp and device.type == "cuda",
         flip_tta=inf.flip_tta,
         progress=progress,
+        pad_value=pad_value,
     )
 
 
@@ -241,7 +244,9 @@ def run_predict(
         volume = torch.from_numpy(image)
         per_fold = []
         for net in models:
-            probs = window_probabilities(volume, net, spec, dev, progress=bar.windows(case.id))
+            probs = window_probabilities(
+                volume, net, spec, dev, progress=bar.windows(case.id), pad_value=pad_value(meta)
+            )
             per_fold.append(probs.argmax(0) if inf.ensemble == "vote" else probs)
         labels = (
             vote(per_fold, spec.dataset.num_classes)

@@ -133,11 +133,12 @@ def sliding_window_predict(
     progress: Callable[[int, int], None] | None = None,
     predictor_outputs: str = "logits",
     sigma_scale: float = 0.125,
+    pad_value: float | Sequence[float] = 0.0,
 ) -> Tensor:
     """Blend per-window softmax probabilities of ``predictor`` over a whole volume.
 
     Args:
-        volume: ``[C, X, Y, Z]`` input, on CPU or GPU.  Axes shorter than the patch are zero-padded
+        volume: ``[C, X, Y, Z]`` input, on CPU or GPU.  Axes shorter than the patch are padded (``pad_value``)
             symmetrically (like MONAI) and the result is cropped back.
         predictor: maps ``[B, C, *patch]`` to ``[B, num_classes, *patch]`` logits (or
             probabilities, see ``predictor_outputs``).  Put modules in ``eval()`` mode yourself.
@@ -158,6 +159,7 @@ def sliding_window_predict(
         predictor_outputs: ``"logits"`` (softmax is applied) or ``"probabilities"`` (used as is;
             then the output sums to one only if the predictor's outputs do).
         sigma_scale: Gaussian sigma as a fraction of the patch size (``blend="gaussian"`` only).
+        pad_value: what padding gets, one value or one per channel (a case's ``pad_value``).
 
     Returns:
         ``[K, X, Y, Z]`` float32 blended probabilities on the accumulation device.
@@ -187,12 +189,14 @@ def sliding_window_predict(
     else:
         acc_device, fallback = torch.device(accumulate_on), False
 
-    # Zero-pad axes shorter than the patch, split as MONAI does (floor before, rest after).
+    # Pad axes shorter than the patch, split as MONAI does (floor before, rest after).
     orig = tuple(volume.shape[1:])
     before = [max(p - n, 0) // 2 for p, n in zip(patch, orig)]
     after = [max(p - n, 0) - b for p, n, b in zip(patch, orig, before)]
     if any(before) or any(after):
-        volume = F.pad(volume, (before[2], after[2], before[1], after[1], before[0], after[0]))
+        fill = torch.as_tensor(pad_value, dtype=volume.dtype, device=volume.device).reshape(-1, 1, 1, 1)
+        widths = (before[2], after[2], before[1], after[1], before[0], after[0])
+        volume = F.pad(volume - fill, widths) + fill if fill.any() else F.pad(volume, widths)
     shape = tuple(volume.shape[1:])
 
     # Window grid: meshgrid of the per-axis starts, [N, 3].

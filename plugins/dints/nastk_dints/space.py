@@ -280,6 +280,27 @@ class DiNTSSpace:
         """Bytes saved for backward by the discrete network at a training setting (see below)."""
         return estimate_training_memory(arch, ops, **setting)
 
+    # What training costs before any search (``nastk plan``; nastk.protocols.SizesTraining).
+
+    def network_memory(
+        self, params: DiNTSParams, ops: dict[str, CellOp], setting: TrainingSetting
+    ) -> tuple[float, float]:
+        from nastk_dints.sizing import network_memory
+
+        return network_memory(params, ops, setting)
+
+    def supernet_memory(self, params: DiNTSParams, ops: dict[str, CellOp], setting: TrainingSetting) -> float:
+        from nastk_dints.sizing import supernet_memory
+
+        return supernet_memory(params, ops, setting)
+
+    def step_flops(
+        self, params: DiNTSParams, ops: dict[str, CellOp], setting: TrainingSetting, network: str
+    ) -> float:
+        from nastk_dints.sizing import step_flops
+
+        return step_flops(params, ops, setting, network)
+
 
 SPACE = DiNTSSpace()
 

@@ -1,0 +1,157 @@
+"""What training costs at a setting before any search: the DiNTS space's answers to ``nastk plan``.
+
+* ``network_memory``: the bytes one GPU holds to retrain the cheapest and the costliest network the
+  space can build (``budget.memory_model``: activations saved for backward plus weights, gradients
+  and momentum), the range a memory budget must fall in.
+* ``supernet_memory``: the bytes one GPU holds for a search step. The supernet's forward is measured
+  whole (``memory.saved_bytes``) at two tiny patches and fitted as batch * (a + b * voxels), because
+  its mixed cells keep more than their ops do alone (the alpha-weighted sums: about 20% more at
+  L=3-4, D=2-4); the fit overestimates larger patches by up to 3% (tested), which errs safe. Plus
+  the parameter state: weights, gradients and SGD momentum, and Adam's two moments for alpha and p.
+* ``step_flops``: floating-point operations of one forward of the per-GPU batch, for the supernet
+  (every op on every edge) or the costliest network (the op with the most FLOPs on every edge),
+  summed over the same parts as the memory model. Each part is counted once at a tiny size by
+  ``torch.utils.flop_counter`` on the meta device and scaled by its output voxels (convolutions are
+  linear in them); the sum equals the count of the whole (unfused) supernet (tested).
+  The fused supernet cells compute somewhat more than this (their stacked 3x3x3 kernel).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from nastk.setting import TrainingSetting
+from nastk_dints import memory
+from nastk_dints.blocks import HeadOut, HeadUp, Stem, depth_channels, resample, scale_channels
+from nastk_dints.budget import memory_model
+from nastk_dints.topology import edge_list
+
+_ADAM_STATE = 16  # bytes per architecture parameter: value, gradient, two moments
+
+
+def network_memory(params, ops: dict, setting: TrainingSetting) -> tuple[float, float]:
+    """(smallest, largest) bytes per GPU of the networks the space can build, at ``setting``."""
+    model = memory_model(params.depths, params.filters, ops, setting)
+    return model.smallest(params.layers), model.largest(params.layers)
+
+
+@lru_cache(maxsize=64)
+def _supernet_fit(
+    layers: int, depths: int, filters: float, ops: tuple, in_channels: int, num_classes: int, amp: str
+) -> tuple[float, float, float, int, int]:
+    """(once, per sample, per sample and voxel) saved bytes, weight and arch parameter counts.
+
+    Every layer of the supernet is the same, so what it saves is a + L * b: measured with 1 and 2
+    layers and extrapolated (exact, and 4-6x faster than measuring all L at the paper's L = 12).
+    """
+    from nastk_dints.space import DiNTSParams, Supernet
+
+    side = 2 ** (depths + 1)  # the smallest patch the space takes
+    small, large = (side,) * 3, (2 * side, side, side)
+
+    def build(n_layers: int) -> Supernet:
+        # model_copy: a filter count times a multiplier need not be whole, as the Params model insists
+        params = DiNTSParams(layers=n_layers, depths=depths).model_copy(update={"filters": filters})
+        return Supernet(params, dict(ops), in_channels, num_classes, small)
+
+    def fit(net) -> np.ndarray:
+        def saved(batch: int, sides: tuple[int, int, int]) -> int:
+            return memory.saved_bytes(net, (batch, in_channels, *sides), amp=amp, input_requires_grad=False)
+
+        b0, b1 = saved(1, small), saved(1, large)
+        slope = (b1 - b0) / side**3
+        per_sample = (saved(2, small) if amp != "off" else 2 * b0) - b0
+        return np.array([b0 - per_sample, per_sample - slope * side**3, slope])
+
+    one, two = fit(build(1)), fit(build(2))
+    once, intercept, slope = one + (layers - 1) * (two - one)
+    with torch.device("meta"):  # parameter counts need shapes only
+        full = build(layers)
+    weights = sum(p.numel() for p in full.weight_parameters())
+    arch = sum(p.numel() for p in full.arch_parameters())
+    return float(once), float(intercept), float(slope), weights, arch
+
+
+def supernet_memory(params, ops: dict, setting: TrainingSetting) -> float:
+    """Bytes one GPU holds for a search step at ``setting`` (filters x ``setting.filter_multiplier``)."""
+    once, intercept, slope, weights, arch = _supernet_fit(
+        params.layers,
+        params.depths,
+        params.filters * setting.filter_multiplier,
+        tuple(ops.items()),
+        setting.in_channels,
+        setting.num_classes,
+        setting.amp,
+    )
+    voxels = float(np.prod(setting.patch_size))
+    activations = once + setting.batch_size * (intercept + slope * voxels)
+    return activations + weights * setting.state_bytes_per_param + arch * _ADAM_STATE
+
+
+_FLOPS: dict[tuple, float] = {}
+
+
+def _counted(key: tuple, in_channels: int, in_scale: float, build) -> float:
+    """FLOPs of one forward of ``build``'s module per output voxel, counted once at a tiny size."""
+    if key not in _FLOPS:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        side = 4
+        # On the meta device: shapes only, so nothing is initialised or computed (the paper's space
+        # has 256-channel cells), and PyTorch's own conv, not the oneDNN calls of kernels.py that the
+        # counter would not see.
+        with torch.device("meta"):
+            module = build()
+            x = torch.zeros(1, in_channels, *(int(side * in_scale),) * 3)
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                module(x)
+        _FLOPS[key] = counter.get_total_flops() / side**3
+    return _FLOPS[key]
+
+
+def step_flops(params, ops: dict, setting: TrainingSetting, network: str) -> float:
+    """Forward FLOPs of the per-GPU batch at ``setting``: ``network`` "supernet" or "largest"."""
+    if network not in ("supernet", "largest"):
+        raise ValueError(f"network must be 'supernet' or 'largest', got {network!r}")
+    f = params.filters * setting.filter_multiplier
+    depths, c_img = params.depths, setting.in_channels
+    patch = np.asarray(setting.patch_size)
+
+    def voxels(scale: int) -> float:
+        return float(np.prod(patch / 2**scale))
+
+    edges = edge_list(depths)
+    cells = 0.0
+    for s, t in edges:
+        c_in, c_out = depth_channels(f, s), depth_channels(f, t)
+        res = 0.0
+        if s != t:
+            res = _counted(("resample", s, t, f), c_in, 2.0 ** (t - s), lambda s=s, t=t: resample(s, t, f))
+        per_op = [
+            _counted(("op", name, c_out), c_out, 1.0, lambda b=build, c=c_out: b(c))
+            for name, build in ops.items()
+        ]
+        chosen = sum(per_op) if network == "supernet" else max(per_op)
+        cells += (res + chosen) * voxels(t + 1)
+    stems = sum(
+        _counted(("stem", c_img, f, d), c_img, 2.0 ** (d + 1), lambda d=d: Stem(c_img, f, d)) * voxels(d + 1)
+        for d in range(depths)
+    )
+    # Every edge on: the head starts at the coarsest depth and runs every HeadUp down to the input.
+    head = sum(
+        _counted(
+            ("head_up", f, d),
+            depth_channels(f, d),
+            0.5,
+            lambda d=d: HeadUp(depth_channels(f, d), scale_channels(f, d)),
+        )
+        * voxels(d)
+        for d in range(depths)
+    )
+    c0 = scale_channels(f, 0)
+    out = _counted(("head_out", c0, setting.num_classes), c0, 1.0, lambda: HeadOut(c0, setting.num_classes))
+    head += out * voxels(0)
+    return setting.batch_size * (params.layers * cells + stems + head)
