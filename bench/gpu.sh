@@ -4,7 +4,7 @@
 # inference, and the memory-budget sweep with the estimated training memory against
 # torch.cuda.max_memory_allocated (budget runs, and the published architecture at the paper's
 # retraining setting with AMP off and bf16). Needs `pip install -e .[bench]`. Record the output in
-# the README with card and date.
+# bench/README.md with card and date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python - <<'PY'

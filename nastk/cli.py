@@ -289,7 +289,7 @@ def plan(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Plan a complete spec for a new dataset: spacing, patches, batch, memory budget, normalisation,
-    augmentation, iterations and NSD tolerances, each with the rule that set it (README, Planning)."""
+    augmentation, iterations and NSD tolerances, each with the rule that set it (docs/planning.md)."""
     from nastk.plan import make_plan, write_plan
     from nastk.plan.render import check_output
     from nastk.plan.rules import parse_duration

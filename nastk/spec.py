@@ -50,7 +50,7 @@ class DatasetSpec(_Section):
     crop_nonzero: bool = Field(True, description="Crop each case to its nonzero region.")
     normalization: list[Literal["ct", "zscore_nonzero", "zscore_nonzero_keep", "zscore"]] | None = Field(
         None,
-        description="Intensity normalisation per channel (README, Data): ct, zscore_nonzero (z-score over "
+        description="Intensity normalisation per channel (docs/data.md): ct, zscore_nonzero (z-score over "
         "the nonzero region, 0 outside), zscore_nonzero_keep (the same statistics, the outside keeps its "
         "value), zscore (all voxels). Default: by modality, as the paper (CT: ct, else zscore_nonzero).",
     )

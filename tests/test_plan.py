@@ -124,7 +124,7 @@ def test_patch_rules():
 
 def test_normalization_rule():
     assert rules.normalization(["CT"], 0.5, 0.9)[0] == ["ct"]
-    # the paper's z-score for every other modality, whatever the fingerprint (the ablation, README)
+    # the paper's z-score for every other modality, whatever the fingerprint (the ablation, docs/planning.md)
     for crop, share in ((0.5, 0.1), (0.5, 0.92), (0.9, 0.92), (1.0, 0.0)):
         schemes, why = rules.normalization(["T1", "CT"], crop, share)
         assert schemes == ["zscore_nonzero", "ct"]

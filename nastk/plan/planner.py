@@ -1,4 +1,4 @@
-"""``nastk plan``: a complete spec from a dataset's fingerprint and a GPU (README, "Planning a new dataset").
+"""``nastk plan``: a complete spec from a dataset's fingerprint and a GPU (docs/planning.md).
 
 The planner reads the fingerprint (``nastk.data.fingerprint``), applies the rules of
 ``nastk.plan.rules`` and asks the registered search space (``nastk.protocols.SizesTraining``) what
@@ -186,7 +186,7 @@ def make_plan(
     ds["augment"] = [{"name": "rot90_xy"}, {"name": "flip"}]
     comments["dataset.augment"] = (
         "the paper's set (Sec. 4.1: 90-degree rotations in x-y, flips on every axis); adding rotate_xy, "
-        "scale and gamma did not help in the ablation (README)"
+        "scale and gamma did not help in the ablation (docs/planning.md)"
     )
 
     # ---- patch and batch from the GPU memory
@@ -347,7 +347,7 @@ def make_plan(
     inf["stride"] = rules.sliding_stride(patch)
     comments["inference.stride"] = (
         "a sixth of the patch (the paper: 16 for 96); nnU-Net's half a patch runs fewer windows but lost "
-        "Dice in the ablation (README)"
+        "Dice in the ablation (docs/planning.md)"
     )
     inf.pop("largest_component", None)
 
@@ -369,7 +369,7 @@ def make_plan(
             if c > 0
         )
         + ".",
-        "Every planned value carries the rule that set it (README, 'Planning a new dataset').",
+        "Every planned value carries the rule that set it (docs/planning.md).",
     ]
     return Plan(
         data=data,

@@ -1,4 +1,4 @@
-"""The planning rules of ``nastk plan``, as small pure functions (README, "Planning a new dataset").
+"""The planning rules of ``nastk plan``, as small pure functions (docs/planning.md).
 
 Where nnU-Net has a published rule it is taken (Isensee et al., "nnU-Net: a self-configuring method
 for deep learning-based biomedical image segmentation", Nature Methods 18, 2021, and the nnU-Net v2
@@ -51,7 +51,7 @@ def target_spacing(spacings: np.ndarray, crop_shapes: np.ndarray) -> tuple[np.nd
     only in-plane until the spacings match. nastk's search spaces cannot: they take one patch divisor
     for every axis, and DiNTS halves all three axes before its first cell and at every depth, so thick
     slices run out first. nastk resamples such data to isotropic voxels at the other axes' spacing
-    instead (the paper used isotropic 1 mm for every task); in the ablation (README) nnU-Net's
+    instead (the paper used isotropic 1 mm for every task); in the ablation (docs/planning.md) nnU-Net's
     spacing cost the head task's lesion most of its Dice. Returns (spacing, why)."""
     spacings = np.asarray(spacings, dtype=np.float64)
     target = np.median(spacings, 0)
@@ -106,8 +106,8 @@ def batch_cap(patch: list[int], dataset_voxels: float, gpus: int) -> int:
 
 def sliding_stride(patch: list[int]) -> list[int]:
     """The paper's stride, a sixth of the patch (16 for 96). nnU-Net steps half a patch, which runs up
-    to 27x fewer windows where a volume is larger than the patch; in the ablation (README) half a patch
-    cost the head task 0.049 mean Dice and nowhere gained, so nastk keeps the paper's."""
+    to 27x fewer windows where a volume is larger than the patch; in the ablation (docs/planning.md) half a
+    patch cost the head task 0.049 mean Dice and nowhere gained, so nastk keeps the paper's."""
     return [max(1, round(p / 6)) for p in patch]
 
 
@@ -127,7 +127,7 @@ def normalization(
 ) -> tuple[list[str], str]:
     """Per channel: ``ct`` for CT (nnU-Net, and the paper's C2FNAS preprocessing); for every other
     modality the paper's z-score over the nonzero region with 0 outside (``zscore_nonzero``), whatever
-    the fingerprint says, because the ablation (README, "Planning a new dataset") found nothing better:
+    the fingerprint says, because the ablation (docs/planning.md) found nothing better:
 
     * nnU-Net's test (statistics from the whole image unless cropping to the nonzero region leaves less
       than 3/4 of the median image) changes nothing on images without zeros, where the two statistics
@@ -144,9 +144,9 @@ def normalization(
     if any(s != "ct" for s in schemes):
         notes.append(
             f"z-score over the nonzero region, 0 outside (the paper's; nnU-Net's whole-image rule and "
-            f"keeping the outside's value did not beat it in the ablation, README); cropping to nonzero "
-            f"leaves {relative_crop:.0%} of the median image, foreground is up to {foreground_share:.0%} "
-            f"of a case's nonzero region"
+            f"keeping the outside's value did not beat it in the ablation, docs/planning.md); cropping to "
+            f"nonzero leaves {relative_crop:.0%} of the median image, foreground is up to "
+            f"{foreground_share:.0%} of a case's nonzero region"
         )
     if any(s == "ct" for s in schemes):
         notes.append("CT: clipped to the foreground's 0.5-99.5 percentiles, z-scored with its mean and std")
