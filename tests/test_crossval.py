@@ -225,7 +225,7 @@ def test_predict_applies_the_post_processing_cross_validation_chose(retrained, t
     _, root, shared = retrained
     run = _copy_run(shared, tmp_path / "run")
 
-    def designed(volume, net, spec, device, progress=None, accumulate_on=None):
+    def designed(volume, net, spec, device, progress=None, accumulate_on=None, pad_value=0.0):
         shape = volume.shape[1:]
         assert min(shape) >= 5, shape
         labels = torch.zeros(shape, dtype=torch.long)
