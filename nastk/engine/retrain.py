@@ -85,7 +85,7 @@ def load_architecture(spec: Spec, arch_path: Path):
 
 
 def build_network(spec: Spec, space, arch, filter_multiplier: float):
-    ops = {name: registry.load("ops", name) for name in arch.op_names}
+    ops = registry.load_ops(arch.op_names)
     return space.build_network(
         arch, ops, spec.dataset.in_channels, spec.dataset.num_classes, filter_multiplier=filter_multiplier
     )

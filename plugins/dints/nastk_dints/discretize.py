@@ -146,7 +146,7 @@ def decode_best(
         from nastk import registry
         from nastk_dints.budget import memory_model
 
-        builders = ops if ops is not None else {name: registry.load("ops", name) for name in op_names}
+        builders = ops if ops is not None else registry.load_ops(op_names)
         model = memory_model(depths, params.get("filters", 16), builders, budget.setting)
         mem, limit = model.pattern_bytes(op_index), budget.usable_bytes
     found = best_paths(cost, mem, limit, depths, k)
@@ -198,6 +198,22 @@ def gap(edge_logits) -> int:
 
 class TopologyDiscretizer:
     """``nastk.discretizers`` entry ``dints``."""
+
+    arrays = ("edge_logits", "op_logits")  # what Supernet.arch_parameters_numpy saves
+
+    def check_arrays(self, arrays: dict[str, np.ndarray], op_names: list[str]) -> dict[str, Any]:
+        """Raise DataError for a missing array or an op count that ``op_names`` does not match; the
+        number of layers is the arrays' (a bare .npz need not match the spec's)."""
+        for key in self.arrays:
+            if key not in arrays:
+                raise DataError(f"missing array {key!r} (has: {', '.join(arrays) or 'none'})")
+        n_ops = arrays["op_logits"].shape[-1]
+        if len(op_names) != n_ops:
+            raise DataError(
+                f"op_logits has {n_ops} ops but {len(op_names)} op names were given ({', '.join(op_names)}); "
+                "pass --ops"
+            )
+        return {"layers": int(arrays["edge_logits"].shape[0])}
 
     def __call__(
         self,

@@ -255,7 +255,7 @@ class memory(_ArchLoss):  # noqa: N801
                 )
             ], []
         space = DiNTSParams.model_validate(spec.space.params)
-        ops = {name: registry.load("ops", name) for name in spec.ops}
+        ops = registry.load_ops(spec.ops)
         setting = retrain_setting(spec)
         model = memory_model(space.depths, space.filters, ops, setting)
         p = self.params
