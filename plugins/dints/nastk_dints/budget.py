@@ -27,7 +27,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from nastk.setting import TrainingSetting
+from nastk.plugin import TrainingSetting
 from nastk_dints import memory
 from nastk_dints.blocks import HeadOut, HeadUp, Stem, depth_channels, resample, scale_channels
 from nastk_dints.discretize import shortest_feasible_path

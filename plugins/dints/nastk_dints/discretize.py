@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nastk.errors import DataError
-from nastk.setting import MemoryBudget
+from nastk.plugin import DataError, MemoryBudget
 from nastk_dints import relaxation as rx
 from nastk_dints.architecture import PAPER_OPS, Architecture
 from nastk_dints.topology import topology
@@ -143,10 +142,10 @@ def decode_best(
     if budget is None:
         mem, limit = np.zeros_like(cost), np.inf
     else:
-        from nastk import registry
+        from nastk.plugin import load_ops
         from nastk_dints.budget import memory_model
 
-        builders = ops if ops is not None else registry.load_ops(op_names)
+        builders = ops if ops is not None else load_ops(op_names)
         model = memory_model(depths, params.get("filters", 16), builders, budget.setting)
         mem, limit = model.pattern_bytes(op_index), budget.usable_bytes
     found = best_paths(cost, mem, limit, depths, k)

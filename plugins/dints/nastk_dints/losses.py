@@ -12,8 +12,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nastk import registry
-from nastk.setting import DEFAULT_MARGIN, DEFAULT_RESERVE_GB, TrainingSetting, required_gb, usable_bytes
+from nastk.plugin import (
+    DEFAULT_MARGIN,
+    DEFAULT_RESERVE_GB,
+    TrainingSetting,
+    load_ops,
+    required_gb,
+    usable_bytes,
+)
 from nastk_dints import relaxation as rx
 from nastk_dints.topology import Topology
 
@@ -241,7 +247,7 @@ class memory(_ArchLoss):  # noqa: N801
         can build at the retraining setting, and binds only below the largest."""
         if self.params.budget_gb is None:
             return [], []
-        from nastk.setting import global_retrain_batch, retrain_setting
+        from nastk.plugin import global_retrain_batch, retrain_setting
         from nastk_dints.budget import memory_model
         from nastk_dints.space import DiNTSParams
 
@@ -255,7 +261,7 @@ class memory(_ArchLoss):  # noqa: N801
                 )
             ], []
         space = DiNTSParams.model_validate(spec.space.params)
-        ops = registry.load_ops(spec.ops)
+        ops = load_ops(spec.ops)
         setting = retrain_setting(spec)
         model = memory_model(space.depths, space.filters, ops, setting)
         p = self.params

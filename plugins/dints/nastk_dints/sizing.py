@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from nastk.setting import TrainingSetting
+from nastk.plugin import TrainingSetting
 from nastk_dints import memory
 from nastk_dints.blocks import HeadOut, HeadUp, Stem, depth_channels, resample, scale_channels
 from nastk_dints.budget import memory_model

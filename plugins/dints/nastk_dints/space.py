@@ -14,8 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from nastk.protocols import CellOp
-from nastk.setting import TrainingSetting
+from nastk.plugin import CellOp, TrainingSetting
 from nastk_dints import relaxation as rx
 from nastk_dints.architecture import Architecture
 from nastk_dints.blocks import Head, Stem, depth_channels, resample
