@@ -307,17 +307,17 @@ def gap_runs(runs: list[Path]) -> list[GapRun]:
     return [_gap_run(name, log, _spec_of(log.parent.parent)) for log, name in logs if _has_gap(log)]
 
 
+def _last_logged(table: pd.DataFrame, column: str) -> float | None:
+    values = pd.to_numeric(table.get(column, pd.Series(dtype=float)), errors="coerce").dropna()
+    return float(values.iloc[-1]) if len(values) else None
+
+
 def _gap_run(name: str, log: Path, spec: Spec) -> GapRun:
-    memory = next((loss for loss in spec.losses if loss.name == "memory"), None)
+    """The search's memory constraint as it logged it: ``sigma_eff`` (the sigma it searched at, which a GB
+    budget stands for) and ``budget_gb``; neither without a memory constraint."""
     topology = any(loss.name == "topology" and loss.weight > 0 for loss in spec.losses)
-    sigma = budget = None
-    if memory is not None:
-        budget = memory.params.get("budget_gb")
-        sigma = memory.params.get("sigma", 0.8 if budget is None else None)
-        if budget is not None:  # a GB budget stands for the sigma the search logged
-            logged = pd.to_numeric(pd.read_csv(log).get("sigma_eff", pd.Series(dtype=float)), errors="coerce")
-            sigma = float(logged.dropna().iloc[-1]) if logged.notna().any() else None
-    return GapRun(name, log, None if sigma is None else float(sigma), topology, budget)
+    table = pd.read_csv(log)
+    return GapRun(name, log, _last_logged(table, "sigma_eff"), topology, _last_logged(table, "budget_gb"))
 
 
 def architecture_row(part: _RunParts) -> dict:
@@ -477,8 +477,7 @@ def _write_runs(parts: list[_RunParts], out: Path, reference: bool, task: str | 
         log = p.run / "search" / "log.csv"
         if log.is_file() and log.stat().st_size:
             name = f"search_curves_{p.name}.png" if several else "search_curves.png"
-            sigma = next((x.params.get("sigma") for x in p.spec.losses if x.name == "memory"), None)
-            paths[name] = search_curves(log, out / name, sigma=sigma)
+            paths[name] = search_curves(log, out / name)  # the budget line is the logged sigma_eff
     if gaps:
         paths["gap_png"] = gap_curves(gaps, out / "gap.png")
     if cv:

@@ -228,14 +228,15 @@ class memory(_ArchLoss):  # noqa: N801
 
     @torch.no_grad()
     def diagnostics(self, supernet) -> dict[str, float]:
-        """For search/log.csv: the ratio this loss sees, its (effective) sigma, and with a GB budget the
-        GB the expected network would need."""
+        """For search/log.csv: the ratio this loss sees, its (effective) sigma, and with a GB budget that
+        budget and the GB the expected network would need."""
         resample_cost, op_cost = self._bound_costs(supernet)
         ratio = memory_ratio(
             supernet.edge_logits, supernet.op_logits, resample_cost, op_cost, self.params.normalizer
         )
         row = {"memory_ratio": float(ratio), "sigma_eff": float(self.sigma)}
-        if self.params.budget_gb is not None:
+        if self.params.budget_gb is not None:  # the report reads the budget from the log, not the spec
+            row["budget_gb"] = float(self.params.budget_gb)
             m_e = expected_memory(supernet.edge_logits, supernet.op_logits, resample_cost, op_cost)
             row["expected_gb"] = required_gb(
                 float(m_e) + self._fixed, self.params.margin, self.params.reserve_gb
