@@ -197,6 +197,14 @@ class Drawable(Protocol):
 
 
 @runtime_checkable
+class ChecksSpaceParams(Protocol):
+    """An architecture that can tell whether a spec's ``space.params`` disagree with it (retraining stops
+    with that message before it builds anything)."""
+
+    def spec_mismatch(self, space_params: dict[str, Any]) -> str | None: ...
+
+
+@runtime_checkable
 class ReportsDiagnostics(Protocol):
     """A supernet with numbers worth columns of ``search/log.csv`` (e.g. DiNTS's memory ratio and gap)."""
 
