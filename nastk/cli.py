@@ -17,7 +17,7 @@ from rich.table import Table
 
 from nastk import registry
 from nastk.errors import DataError, NastkError, SpecError
-from nastk.protocols import Drawable, ImportsArchitectures, RanksArchitectures
+from nastk.protocols import Discretizer, Drawable, ImportsArchitectures, RanksArchitectures
 
 app = typer.Typer(
     add_completion=False,
@@ -137,6 +137,11 @@ def decode(
     arrays = _read_params(params)
     op_names = [o.strip() for o in ops.split(",")] if ops else list(spec.ops)
     disc = registry.load("discretizers", discretizer or spec.discretizer.name)
+    if not isinstance(disc, Discretizer):
+        raise DataError(
+            f"discretizer {discretizer or spec.discretizer.name!r} is not a nastk.protocols.Discretizer "
+            "(no check_arrays)"
+        )
     try:  # the discretizer knows which arrays it reads
         decided = disc.check_arrays(arrays, op_names)
     except DataError as exc:
