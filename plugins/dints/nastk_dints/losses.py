@@ -250,7 +250,7 @@ class memory(_ArchLoss):  # noqa: N801
             return [], []
         from nastk.plugin import global_retrain_batch, retrain_setting
         from nastk_dints.budget import memory_model
-        from nastk_dints.space import DiNTSParams
+        from nastk_dints.params import DiNTSParams
 
         gpus = spec.retrain.gpus
         if global_retrain_batch(spec) % gpus:
