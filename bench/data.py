@@ -67,7 +67,7 @@ def patch_rate(
 
 def search_step_rate(patch: int, repeats: int) -> float:
     space = registry.load("spaces", "dints")
-    ops = {n: registry.load("ops", n) for n in ["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"]}
+    ops = registry.load_ops(["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"])
     net = space.build_supernet({"layers": 12, "depths": 4, "filters": 16}, ops, 1, 3, (patch,) * 3)
     x = torch.randn(1, 1, patch, patch, patch)
     times = []

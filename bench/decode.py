@@ -74,7 +74,7 @@ def main() -> None:
 
 
 def budget_rows(args, rng) -> list[tuple[str, np.ndarray]]:
-    ops = {n: registry.load("ops", n) for n in ["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"]}
+    ops = registry.load_ops(["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"])
     t0 = time.perf_counter()
     model = memory_model(args.depths, 16, ops, PAPER_RETRAIN)
     rows = [("  per-part memory costs (once)", np.array([(time.perf_counter() - t0) * 1e3]))]

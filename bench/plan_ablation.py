@@ -169,7 +169,7 @@ def planned_spec(root: Path, paper: dict, spacing: list[float] | None = None) ->
     from nastk import registry
 
     space = registry.load("spaces", resolved.space.name)
-    ops = {n: registry.load("ops", n) for n in resolved.ops}
+    ops = registry.load_ops(resolved.ops)
     params = space.Params.model_validate(resolved.space.params)
     _, largest = space.network_memory(params, ops, retrain_setting(resolved))
     gpu = required_gb(largest, 0.1, 0.0)  # no CUDA context on a CPU: no reserve

@@ -82,7 +82,7 @@ def main() -> None:
     device = torch.device(args.device)
     space = registry.load("spaces", "dints")
     arch = space.load_arch("specs/archs/dints-cvpr2021.json")
-    ops = {n: registry.load("ops", n) for n in arch.op_names}
+    ops = registry.load_ops(arch.op_names)
     torch.manual_seed(0)
     net = space.build_network(arch, ops, 1, 3, filters=args.filters).to(device).eval()
     volume = torch.randn(1, *args.size, device=device)

@@ -131,7 +131,7 @@ def build_ours():
     from nastk.objective import arch_objective, build_losses
     from nastk.spec import Spec
     spec = Spec()
-    ops = {n: registry.load("ops", n) for n in spec.ops}
+    ops = registry.load_ops(spec.ops)
     params = {"layers": 12, "depths": 4, "filters": filters}
     net = registry.load("spaces", "dints").build_supernet(params, ops, 1, 3, (patch,) * 3).to(dev)
     seg, arch_losses = build_losses(spec.losses)
@@ -311,7 +311,7 @@ def bench_memory(count: int, patch: int, filters: int) -> dict:
     from nastk_dints.memory import saved_bytes
     from nastk_dints.space import SPACE, estimate_training_memory
 
-    ops = {n: registry.load("ops", n) for n in ["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"]}
+    ops = registry.load_ops(["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"])
     rng = np.random.default_rng(0)
     space = _monai_space(channel_mul=filters / 32, blocks=L)
     est, true, monai = [], [], []

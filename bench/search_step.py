@@ -51,7 +51,7 @@ def main() -> None:
     torch.manual_seed(0)
     spec = Spec()
     space = registry.load("spaces", "dints")
-    ops = {n: registry.load("ops", n) for n in spec.ops}
+    ops = registry.load_ops(spec.ops)
     patch = (args.patch,) * 3
     params = {"layers": args.layers, "depths": args.depths, "filters": args.filters}
     net = space.build_supernet(params, ops, 1, 3, patch).to(device)

@@ -93,7 +93,7 @@ def budget_points(spec: dict) -> list[float]:
     """Two budgets (GB) between the smallest and the largest network of the space, one third and two
     thirds of the way, at the spec's retraining setting with the default margin and no reserve."""
     s = validate(spec)
-    ops = {n: registry.load("ops", n) for n in s.ops}
+    ops = registry.load_ops(s.ops)
     model = memory_model(SPACE_PARAMS["depths"], SPACE_PARAMS["filters"], ops, retrain_setting(s))
     low, high = model.smallest(SPACE_PARAMS["layers"]), model.largest(SPACE_PARAMS["layers"])
     budget = MemoryBudget(0.0, retrain_setting(s), reserve_gb=RESERVE_GB)
@@ -104,7 +104,7 @@ def measure_step(spec, arch, device: torch.device) -> dict[str, float]:
     """One SGD training step of the discrete network at the retraining setting: the bytes saved for
     backward, and weights + gradients + momentum buffers after the step; on CUDA also the peak."""
     space = registry.load("spaces", spec.space.name)
-    ops = {n: registry.load("ops", n) for n in arch.op_names}
+    ops = registry.load_ops(arch.op_names)
     setting = retrain_setting(spec)
     torch.manual_seed(0)
     net = space.build_network(

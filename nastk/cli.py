@@ -17,7 +17,7 @@ from rich.table import Table
 
 from nastk import registry
 from nastk.errors import DataError, NastkError, SpecError
-from nastk.protocols import RanksArchitectures
+from nastk.protocols import Discretizer, Drawable, ImportsArchitectures, RanksArchitectures
 
 app = typer.Typer(
     add_completion=False,
@@ -83,9 +83,6 @@ def _read_params(path: Path) -> dict:
         raise DataError(f"{path}: file not found") from None
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
-    for key in ("edge_logits", "op_logits"):
-        if key not in params:
-            raise DataError(f"{path}: missing array {key!r} (has: {', '.join(params) or 'none'})")
     return params
 
 
@@ -139,14 +136,17 @@ def decode(
         out_path = out_path or Path("arch.json")
     arrays = _read_params(params)
     op_names = [o.strip() for o in ops.split(",")] if ops else list(spec.ops)
-    if len(op_names) != arrays["op_logits"].shape[-1]:
-        raise DataError(
-            f"{params}: op_logits has {arrays['op_logits'].shape[-1]} ops but {len(op_names)} op names "
-            f"were given ({', '.join(op_names)}); pass --ops"
-        )
-    space_params = dict(spec.space.params)
-    space_params.update(layers=int(arrays["edge_logits"].shape[0]))
     disc = registry.load("discretizers", discretizer or spec.discretizer.name)
+    if not isinstance(disc, Discretizer):
+        raise DataError(
+            f"discretizer {discretizer or spec.discretizer.name!r} is not a nastk.protocols.Discretizer "
+            "(no check_arrays)"
+        )
+    try:  # the discretizer knows which arrays it reads
+        decided = disc.check_arrays(arrays, op_names)
+    except DataError as exc:
+        raise DataError(f"{params}: {exc}") from None
+    space_params = {**spec.space.params, **decided}
     budget = spec_budget(spec, budget_gb, batch)
     if (budget is not None or top_k > 1) and not isinstance(disc, RanksArchitectures):
         raise DataError(
@@ -169,7 +169,7 @@ def decode(
             highlight=False,
         )
     out.print(f"wrote {out_path}", highlight=False)
-    if picture and hasattr(arch, "draw"):
+    if picture and isinstance(arch, Drawable):
         png = arch.draw(out_path.with_suffix(".png"))
         out.print(f"wrote {png}", highlight=False)
     if top_k > 1:
@@ -189,7 +189,7 @@ def _write_top_k(spec, archs, folder: Path, budget, picture: bool) -> None:
     rows = []
     for rank, arch in enumerate(archs, 1):
         path = arch.save(folder / f"arch_{rank}.json")
-        if picture and hasattr(arch, "draw"):
+        if picture and isinstance(arch, Drawable):
             arch.draw(path.with_suffix(".png"))
         rows.append({"rank": rank, "arch": path.name, **architecture_stats(spec, arch, budget)})
     table = pd.DataFrame(rows)
@@ -234,7 +234,7 @@ def import_arch(
     """Convert another tool's architecture file to arch.json (dints: MONAI's node_a/arch_code_a/arch_code_c
     or Auto3DSeg's code_a/code_c/node_a)."""
     plugin = registry.load("spaces", space)
-    if not hasattr(plugin, "import_arch"):
+    if not isinstance(plugin, ImportsArchitectures):
         raise DataError(f"space {space!r} cannot import architecture files")
     arch = plugin.import_arch(file, filters=filters)
     arch.save(out_path)

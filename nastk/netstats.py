@@ -7,6 +7,7 @@ large it is; multiply-accumulates are counted by ``torch.utils.flop_counter`` fo
 from __future__ import annotations
 
 from nastk import registry
+from nastk.protocols import EstimatesMemory
 from nastk.setting import MemoryBudget, retrain_setting
 
 
@@ -16,7 +17,7 @@ def complexity(spec, arch) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     space = registry.load("spaces", spec.space.name)
-    ops = {n: registry.load("ops", n) for n in arch.op_names}
+    ops = registry.load_ops(arch.op_names)
     r, d = spec.retrain, spec.dataset
     with torch.device("meta"):
         net = space.build_network(
@@ -35,10 +36,10 @@ def training_memory(spec, arch, batch_size: int | None = None) -> dict[str, floa
     """Bytes per part one GPU holds to retrain ``arch`` (the space's ``estimate_memory``), or None
     where the space cannot estimate."""
     space = registry.load("spaces", spec.space.name)
-    if not hasattr(space, "estimate_memory"):
+    if not isinstance(space, EstimatesMemory):
         return None
     s = retrain_setting(spec, batch_size)
-    ops = {n: registry.load("ops", n) for n in arch.op_names}
+    ops = registry.load_ops(arch.op_names)
     return space.estimate_memory(
         arch,
         ops,

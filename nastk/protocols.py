@@ -1,16 +1,24 @@
-"""What a plugin implements. Each group of the registry holds objects of one of these shapes.
+"""What a plugin implements: the shapes the toolkit really calls, one per registry group.
 
-The protocols are deliberately small: a cell op is one function, a loss is a factory of a
-callable, a discretizer is one function. Anything more is the plugin's own business.
+Each ``nastk.*`` entry-point group holds objects of one shape (``GROUP_PROTOCOLS``), and
+``tests/test_protocols.py`` checks every registered entry against it with ``isinstance``. The core
+shapes are what every plugin of a group must have; optional capabilities are small separate
+protocols, and the toolkit asks ``isinstance(x, Capability)`` before it uses one (never ``hasattr``).
+
+``runtime_checkable`` checks that the names exist, not their signatures: the signatures here are the
+contract, the check catches a missing method.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from pydantic import BaseModel
+
+# ------------------------------------------------------------------------------------------ nastk.ops
 
 
 @runtime_checkable
@@ -22,6 +30,47 @@ class CellOp(Protocol):
     """
 
     def __call__(self, channels: int) -> torch.nn.Module: ...
+
+
+# ---------------------------------------------------------------------------------------- nastk.spaces
+
+
+@runtime_checkable
+class Architecture(Protocol):
+    """A discrete architecture, as a discretizer returns it and ``SearchSpace.load_arch`` reads it back."""
+
+    op_names: list[str]  # the ops it uses; the toolkit loads exactly these from the registry
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def save(self, path: str | Path) -> Path:
+        """Write arch.json (atomically) and return its path."""
+        ...
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        ...
+
+
+@runtime_checkable
+class Supernet(Protocol):
+    """The differentiable network a search trains (``SearchSpace.build_supernet``); a ``torch.nn.Module``."""
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, in_channels, *patch] -> logits [B, num_classes, *patch]."""
+        ...
+
+    def arch_parameters(self) -> list[torch.nn.Parameter]:
+        """What the architecture optimiser steps."""
+        ...
+
+    def weight_parameters(self) -> list[torch.nn.Parameter]:
+        """What the weight optimiser steps."""
+        ...
+
+    def arch_parameters_numpy(self) -> dict[str, np.ndarray]:
+        """The arrays saved to ``search/arch_params.npz``; the space's discretizer reads them."""
+        ...
 
 
 @runtime_checkable
@@ -36,49 +85,146 @@ class SearchSpace(Protocol):
         ...
 
     def build_supernet(
-        self, params: BaseModel, ops: dict[str, CellOp], in_channels: int, num_classes: int
-    ) -> torch.nn.Module:
-        """The supernet exposes ``arch_parameters()`` and ``weight_parameters()``."""
-        ...
+        self,
+        params: BaseModel,
+        ops: dict[str, CellOp],
+        in_channels: int,
+        num_classes: int,
+        patch_size: tuple[int, ...],
+    ) -> Supernet: ...
 
     def build_network(
-        self, arch: dict[str, Any], ops: dict[str, CellOp], in_channels: int, num_classes: int, **kwargs: Any
+        self,
+        arch: Architecture,
+        ops: dict[str, CellOp],
+        in_channels: int,
+        num_classes: int,
+        filter_multiplier: float = 1.0,
     ) -> torch.nn.Module: ...
 
-    def load_arch(self, path: Any) -> Any:
+    def load_arch(self, path: str | Path) -> Architecture:
         """Read an arch.json written by this space's discretizer."""
         ...
 
-    # Optional: ``import_arch(path, **kw)`` converts other tools' files (``nastk import-arch``);
-    # ``estimate_memory(arch, ops, **setting) -> {part: bytes}`` (``nastk decode --memory``).
+    def load_arch_from_text(self, text: str) -> Architecture:
+        """The architecture kept in a retrained model's checkpoint (arch.json text)."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------- nastk.losses
 
 
 @runtime_checkable
-class ArchLoss(Protocol):
-    """``nastk.losses`` entries are factories: ``factory(**params)`` returns a loss.
+class Loss(Protocol):
+    """``nastk.losses`` entries are factories: ``factory(**params)`` returns a loss, and both have ``kind``.
 
-    A loss has ``kind``: "segmentation" (called as ``loss(logits, target)``) or "architecture"
-    (called as ``loss(supernet)``; Eq. 11 ramps these by t/t_all).
+    ``kind`` is "segmentation" (called as ``loss(logits, target)``) or "architecture" (called as
+    ``loss(supernet)``; Eq. 11 ramps these by t/t_all). A factory may carry a pydantic ``Params``
+    model that validates its params in a spec.
     """
 
     kind: str
 
-    def __call__(self, *args: Any) -> torch.Tensor: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+# ----------------------------------------------------------------------------------- nastk.discretizers
 
 
 @runtime_checkable
 class Discretizer(Protocol):
     """``nastk.discretizers``: turn searched arch parameters into a discrete architecture."""
 
-    def __call__(
-        self, arch_params: dict[str, np.ndarray], space_params: dict[str, Any], op_names: list[str]
-    ) -> Any:
-        """Returns an architecture with ``to_dict()``, ``save(path)`` and ``summary()``, and
-        optionally ``draw(path)`` for a picture."""
+    def check_arrays(self, arrays: dict[str, np.ndarray], op_names: list[str]) -> dict[str, Any]:
+        """Check a loaded arch_params.npz before decoding it: raise ``DataError`` naming a missing
+        array or a shape that disagrees with ``op_names``. Returns the space params the arrays decide
+        (e.g. the number of layers), which override the spec's."""
         ...
 
+    def __call__(
+        self, arch_params: dict[str, np.ndarray], space_params: dict[str, Any], op_names: list[str]
+    ) -> Architecture: ...
 
+
+# ------------------------------------------------------------------------------------ nastk.references
+
+
+@runtime_checkable
+class ReferenceTables(Protocol):
+    """``nastk.references``: published numbers that ``nastk report --reference NAME`` puts beside a run's.
+
+    ``test`` is the test-set leaderboard (Table 2 of the DiNTS paper): task -> (columns, one row of
+    values per method in ``methods`` order), in percent. ``cv`` is the cross-validation table of one
+    task (``cv_task``; Table 1): rows of (method, GMACs, params_M, est_train_MB, DSC1, DSC2, ...).
+    """
+
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...]
+    test: dict[str, tuple[tuple[str, ...], tuple[tuple[float, ...], ...]]]
+    test_label: str  # the ``source`` column of its rows, e.g. "paper Table 2"
+    test_title: str  # for messages, e.g. "the paper's Table 2"
+    test_source: str  # the citation under the table
+    task_aliases: dict[str, str]  # other spellings (normalised: lower case, letters and digits) -> task
+    class_names: dict[str, dict[int, str]]  # task -> {label: name}
+    cv_task: str
+    cv_columns: tuple[str, ...]
+    cv: tuple[tuple[Any, ...], ...]
+    cv_label: str
+    cv_title: str
+    cv_source: str
+
+
+# Each registry group and the protocol its entries have (``nastk.registry.GROUPS`` names the groups).
+GROUP_PROTOCOLS: dict[str, type] = {
+    "spaces": SearchSpace,
+    "ops": CellOp,
+    "losses": Loss,
+    "discretizers": Discretizer,
+    "references": ReferenceTables,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
 # Optional capabilities: an object has one when it has the method (checked with isinstance).
+# ---------------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Drawable(Protocol):
+    """An architecture that can draw itself (arch.png beside arch.json)."""
+
+    def draw(self, path: str | Path) -> Path: ...
+
+
+@runtime_checkable
+class ChecksSpaceParams(Protocol):
+    """An architecture that can tell whether a spec's ``space.params`` disagree with it (retraining stops
+    with that message before it builds anything)."""
+
+    def spec_mismatch(self, space_params: dict[str, Any]) -> str | None: ...
+
+
+@runtime_checkable
+class ReportsDiagnostics(Protocol):
+    """A supernet with numbers worth columns of ``search/log.csv`` (e.g. DiNTS's memory ratio and gap)."""
+
+    def diagnostics(self) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class ImportsArchitectures(Protocol):
+    """A search space that converts other tools' architecture files (``nastk import-arch``)."""
+
+    def import_arch(self, path: str | Path, **kwargs: Any) -> Architecture: ...
+
+
+@runtime_checkable
+class EstimatesMemory(Protocol):
+    """A search space that estimates what retraining an architecture costs (``nastk decode --memory``)."""
+
+    def estimate_memory(self, arch: Architecture, ops: dict[str, CellOp], **setting: Any) -> dict[str, float]:
+        """{part: bytes} one GPU holds, with a ``total``."""
+        ...
 
 
 @runtime_checkable

@@ -12,6 +12,7 @@ and the name ``myplugin.dwconv3`` becomes usable in any spec. Nothing is importe
 from __future__ import annotations
 
 import importlib.metadata as md
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -23,6 +24,7 @@ GROUPS = {
     "ops": "nastk.ops",
     "losses": "nastk.losses",
     "discretizers": "nastk.discretizers",
+    "references": "nastk.references",
 }
 
 
@@ -120,3 +122,8 @@ def _load(group: str, name: str) -> Any:
 def load(group: str, name: str) -> Any:
     """Import and return the object a plugin registered under ``name``."""
     return _load(_short_group(group), name)
+
+
+def load_ops(op_names: Iterable[str]) -> dict[str, Any]:
+    """The cell-op builders named in a spec or an architecture, by name, in the given order."""
+    return {name: load("ops", name) for name in op_names}

@@ -186,23 +186,25 @@ def test_gap_of_several_runs_in_one_figure_styled_by_sigma_and_topology_loss(tmp
     from nastk.report.command import gap_runs
     from nastk.report.figures import gap_figure
 
-    def run(name, losses, gaps, sigma_eff=None):
+    def run(name, losses, gaps, sigma_eff=None, budget_gb=None):
         folder = tmp_path / name
         (folder / "search").mkdir(parents=True)
         spec = merged(TINY_SPEC, {"losses": [{"name": "dice_ce"}, *losses], "retrain": {"gpus": 1}})
         (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
         log = pd.DataFrame({"iteration": range(len(gaps)), "phase": "joint", "gap": gaps})
-        if sigma_eff is not None:
+        if sigma_eff is not None:  # what the memory loss logs: the sigma it searches at
             log["sigma_eff"] = sigma_eff
+        if budget_gb is not None:
+            log["budget_gb"] = budget_gb
         log.to_csv(folder / "search" / "log.csv", index=False)
         return folder
 
     topo = {"name": "topology", "weight": 0.001}
     runs = [
-        run("s02_topo", [topo, {"name": "memory", "params": {"sigma": 0.2}}], [4, 2, 0]),
-        run("s02_none", [{"name": "memory", "params": {"sigma": 0.2}}], [6, 5, 5]),
-        run("s08_topo", [topo, {"name": "memory", "params": {"sigma": 0.8}}], [2, 1, 0]),
-        run("budget", [topo, {"name": "memory", "params": {"budget_gb": 8.0}}], [3, 3, 1], sigma_eff=0.43),
+        run("s02_topo", [topo, {"name": "memory", "params": {"sigma": 0.2}}], [4, 2, 0], 0.2),
+        run("s02_none", [{"name": "memory", "params": {"sigma": 0.2}}], [6, 5, 5], 0.2),
+        run("s08_topo", [topo, {"name": "memory", "params": {"sigma": 0.8}}], [2, 1, 0], 0.8),
+        run("budget", [topo, {"name": "memory", "params": {"budget_gb": 8.0}}], [3, 3, 1], 0.43, 8.0),
     ]
     res = run_cli("report", *runs, "--out", tmp_path / "rep", "--quiet")
     assert res.returncode == 0, res.stderr

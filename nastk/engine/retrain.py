@@ -52,6 +52,7 @@ from nastk.io import atomic_write_text, make_dir, remove_stale_temps
 from nastk.lock import run_lock
 from nastk.metrics.dice import dice_per_class, nan_mean
 from nastk.objective import build_losses
+from nastk.protocols import ChecksSpaceParams
 from nastk.spec import Spec, dump_spec
 
 
@@ -74,8 +75,7 @@ def load_architecture(spec: Spec, arch_path: Path):
             f"{arch_path}: architecture file not found (run `nastk search` or `nastk decode` first)"
         )
     arch = space.load_arch(arch_path)
-    mismatch = getattr(arch, "spec_mismatch", None)
-    problem = mismatch(spec.space.params) if mismatch else None
+    problem = arch.spec_mismatch(spec.space.params) if isinstance(arch, ChecksSpaceParams) else None
     if problem:
         raise DataError(f"{arch_path}: {problem}")
     missing = [o for o in arch.op_names if o not in registry.names("ops")]
@@ -85,7 +85,7 @@ def load_architecture(spec: Spec, arch_path: Path):
 
 
 def build_network(spec: Spec, space, arch, filter_multiplier: float):
-    ops = {name: registry.load("ops", name) for name in arch.op_names}
+    ops = registry.load_ops(arch.op_names)
     return space.build_network(
         arch, ops, spec.dataset.in_channels, spec.dataset.num_classes, filter_multiplier=filter_multiplier
     )

@@ -48,7 +48,7 @@ from nastk.errors import DataError, NastkError
 from nastk.io import atomic_write_bytes, atomic_write_text, make_dir, remove_stale_temps
 from nastk.lock import run_lock
 from nastk.objective import arch_objective, build_losses
-from nastk.protocols import Diagnoses, NeedsSetting
+from nastk.protocols import Diagnoses, Drawable, NeedsSetting, ReportsDiagnostics
 from nastk.setting import retrain_setting, spec_budget, uses_gb_budget
 from nastk.spec import Spec, dump_spec
 
@@ -73,7 +73,7 @@ def per_rank_batch(global_batch: int, world: int, field: str) -> int:
 
 def build_supernet(spec: Spec):
     space = registry.load("spaces", spec.space.name)
-    ops = {name: registry.load("ops", name) for name in spec.ops}
+    ops = registry.load_ops(spec.ops)
     params = space.Params.model_validate(spec.space.params)
     net = space.build_supernet(
         params, ops, spec.dataset.in_channels, spec.dataset.num_classes, tuple(spec.search.patch_size)
@@ -103,7 +103,7 @@ def decode_run(spec: Spec, run: Path, quiet: bool = False):
                 f"`nastk decode {run} --budget-gb X`"
             ) from None
     arch.save(run / "arch.json")
-    if hasattr(arch, "draw"):
+    if isinstance(arch, Drawable):
         arch.draw(run / "arch.png")
     return arch
 
@@ -287,7 +287,7 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
                     with torch.no_grad():
                         terms = {a.name: a.fn(net) for a in arch_losses}
                 row.update({f"L_{k}": float(v.detach()) for k, v in terms.items()})
-                row.update(net.diagnostics() if hasattr(net, "diagnostics") else {})
+                row.update(net.diagnostics() if isinstance(net, ReportsDiagnostics) else {})
                 for a in arch_losses:
                     if isinstance(a.fn, Diagnoses):
                         row.update(a.fn.diagnostics(net))

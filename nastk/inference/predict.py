@@ -22,6 +22,7 @@ from nastk.inference.sliding_window import sliding_window_predict
 from nastk.inference.writer import write_label
 from nastk.io import make_dir, remove_stale_temps
 from nastk.progress import track
+from nastk.protocols import SearchSpace
 from nastk.spec import Spec
 
 
@@ -161,7 +162,7 @@ def _fold_model(path: Path, spec_io: tuple[int, int], device: torch.device) -> t
     """The network of a retrained model file, every failure one line naming the file."""
     state = load_checkpoint(path, required=MODEL_KEYS)
     space = registry.load("spaces", str(state["space"]))
-    if not hasattr(space, "load_arch_from_text"):
+    if not isinstance(space, SearchSpace):
         raise DataError(f"{path}: space {state['space']!r} cannot rebuild a network from a checkpoint")
     try:
         arch = space.load_arch_from_text(state["arch"])
@@ -174,7 +175,7 @@ def _fold_model(path: Path, spec_io: tuple[int, int], device: torch.device) -> t
             f"{path}: the model takes {io[0]} channel(s) and predicts {io[1]} classes, the spec "
             f"{spec_io[0]} and {spec_io[1]}"
         )
-    ops = {name: registry.load("ops", name) for name in arch.op_names}
+    ops = registry.load_ops(arch.op_names)
     try:
         net = space.build_network(
             arch, ops, int(io[0]), int(io[1]), filter_multiplier=float(state["filter_multiplier"])

@@ -67,7 +67,7 @@ class _Costs:
             )
         self.params = self.space.Params.model_validate(base.space.params)
         self.divisor = int(self.space.patch_divisor(self.params))
-        self.ops = {name: registry.load("ops", name) for name in base.ops}
+        self.ops = registry.load_ops(base.ops)
         self.base, self.fp = base, fp
         self.margin, self.reserve, self.gpu_memory = margin, reserve, gpu_memory
         self.usable = usable_bytes(gpu_memory, margin, reserve)

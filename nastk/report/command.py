@@ -32,6 +32,7 @@ from nastk.io import atomic_write_text, make_dir
 from nastk.metrics import evaluate_files, evaluate_missing
 from nastk.metrics.evaluate import label_values
 from nastk.progress import track
+from nastk.protocols import Drawable, SearchSpace
 from nastk.report.cv import cv_leaderboard, postprocessing_label, write_cv
 from nastk.report.figures import GapRun, dice_distribution, gap_curves, search_curves
 from nastk.report.leaderboard import cases_frame, leaderboard, markdown_table, metric_columns, write_report
@@ -269,7 +270,7 @@ def _search_part(part: _RunParts) -> None:
     trained = sorted((run / "retrain").glob("fold_*/model_final.pt"))
     if arch_file.is_file():
         part.arch = space.load_arch(arch_file)
-    elif trained and hasattr(space, "load_arch_from_text"):  # retrained from an arch.json kept elsewhere
+    elif trained and isinstance(space, SearchSpace):  # retrained from an arch.json kept elsewhere
         text = ckpt.load(trained[0], required=("arch",))["arch"]
         try:
             part.arch = space.load_arch_from_text(text)
@@ -306,17 +307,17 @@ def gap_runs(runs: list[Path]) -> list[GapRun]:
     return [_gap_run(name, log, _spec_of(log.parent.parent)) for log, name in logs if _has_gap(log)]
 
 
+def _last_logged(table: pd.DataFrame, column: str) -> float | None:
+    values = pd.to_numeric(table.get(column, pd.Series(dtype=float)), errors="coerce").dropna()
+    return float(values.iloc[-1]) if len(values) else None
+
+
 def _gap_run(name: str, log: Path, spec: Spec) -> GapRun:
-    memory = next((loss for loss in spec.losses if loss.name == "memory"), None)
+    """The search's memory constraint as it logged it: ``sigma_eff`` (the sigma it searched at, which a GB
+    budget stands for) and ``budget_gb``; neither without a memory constraint."""
     topology = any(loss.name == "topology" and loss.weight > 0 for loss in spec.losses)
-    sigma = budget = None
-    if memory is not None:
-        budget = memory.params.get("budget_gb")
-        sigma = memory.params.get("sigma", 0.8 if budget is None else None)
-        if budget is not None:  # a GB budget stands for the sigma the search logged
-            logged = pd.to_numeric(pd.read_csv(log).get("sigma_eff", pd.Series(dtype=float)), errors="coerce")
-            sigma = float(logged.dropna().iloc[-1]) if logged.notna().any() else None
-    return GapRun(name, log, None if sigma is None else float(sigma), topology, budget)
+    table = pd.read_csv(log)
+    return GapRun(name, log, _last_logged(table, "sigma_eff"), topology, _last_logged(table, "budget_gb"))
 
 
 def architecture_row(part: _RunParts) -> dict:
@@ -410,19 +411,22 @@ def _task_of(parts: list[_RunParts], task: str | None) -> str:
 
 
 def _cv_reference(task: str, labels: list[int]) -> tuple[pd.DataFrame | None, str | None]:
-    """Table 1's rows for the cross-validation table (Pancreas only), or None and why not."""
-    from nastk.report.paper import TABLE1_SOURCE, TABLE1_TASK, UnknownTaskError, resolve_task, table1_rows
+    """The reference's cross-validation rows (Table 1 for ``paper``: Pancreas only), or None and why not."""
+    from nastk.report.paper import DEFAULT, UnknownTaskError, resolve_task, table1_rows, tables
 
+    ref = tables(DEFAULT)
     try:
         known = resolve_task(task)
     except UnknownTaskError:
         known = None
-    if known != TABLE1_TASK:
-        return None, f"paper rows for cross-validation: Table 1 reports Pancreas only, not {task!r}"
-    if len(labels) != 2:
-        return None, f"paper rows for cross-validation: Table 1 has 2 classes, this run {len(labels)}"
-    cols = ["method", "source", *[c for c in metric_columns(2) if c.startswith("DSC")]]
-    return table1_rows(with_dice_only=True)[cols], f"Rows with source 'paper Table 1': {TABLE1_SOURCE}"
+    why = f"{DEFAULT} rows for cross-validation: {ref.cv_title}"
+    if known != ref.cv_task:
+        return None, f"{why} reports {ref.cv_task} only, not {task!r}"
+    n_classes = sum(c.startswith("DSC") and c[3:].isdigit() for c in ref.cv_columns)
+    if len(labels) != n_classes:
+        return None, f"{why} has {n_classes} classes, this run {len(labels)}"
+    cols = ["method", "source", *[c for c in metric_columns(n_classes) if c.startswith("DSC")]]
+    return table1_rows(with_dice_only=True)[cols], f"Rows with source '{ref.cv_label}': {ref.cv_source}"
 
 
 def _write_runs(parts: list[_RunParts], out: Path, reference: bool, task: str | None) -> Report:
@@ -467,14 +471,13 @@ def _write_runs(parts: list[_RunParts], out: Path, reference: bool, task: str | 
         shown["cv_folds"] = ["" if pd.isna(v) else str(int(v)) for v in shown["cv_folds"]]
     sections.append("## Architectures\n\n" + markdown_table(shown))
     for p in parts:
-        if p.arch is not None and hasattr(p.arch, "draw"):
+        if isinstance(p.arch, Drawable):
             name = f"arch_{p.name}.png" if several else "arch.png"
             paths[name] = p.arch.draw(out / name)
         log = p.run / "search" / "log.csv"
         if log.is_file() and log.stat().st_size:
             name = f"search_curves_{p.name}.png" if several else "search_curves.png"
-            sigma = next((x.params.get("sigma") for x in p.spec.losses if x.name == "memory"), None)
-            paths[name] = search_curves(log, out / name, sigma=sigma)
+            paths[name] = search_curves(log, out / name)  # the budget line is the logged sigma_eff
     if gaps:
         paths["gap_png"] = gap_curves(gaps, out / "gap.png")
     if cv:

@@ -23,6 +23,8 @@ import pandas as pd
 
 from nastk.errors import DataError
 from nastk.io import atomic_write_text, make_dir
+from nastk.report import paper
+from nastk.report.ranking import _sort_keys, metric_columns, rank_rows
 
 CASE_COLUMNS: tuple[str, ...] = ("case", "class", "dsc", "nsd", "tolerance")
 THIS_RUN = "this run"
@@ -129,49 +131,6 @@ def summary(cases: pd.DataFrame, class_names: Mapping[int, str] | None = None) -
     }
 
 
-def metric_columns(n_classes: int) -> list[str]:
-    """Table 2 column layout: ``DSC1..DSCk, DSC avg, NSD1..NSDk, NSD avg``.
-
-    A single-class task has just ``DSC1, NSD1``, as in the paper (no "Avg." column).
-    """
-    if n_classes < 1:
-        raise DataError("no classes to score")
-    if n_classes == 1:
-        return ["DSC1", "NSD1"]
-    dsc = [f"DSC{i}" for i in range(1, n_classes + 1)]
-    nsd = [f"NSD{i}" for i in range(1, n_classes + 1)]
-    return [*dsc, "DSC avg", *nsd, "NSD avg"]
-
-
-def _sort_keys(columns: Iterable[str]) -> list[str]:
-    cols = list(columns)
-    keys = [c for c in ("DSC avg", "NSD avg") if c in cols]
-    return keys or [c for c in ("DSC1", "NSD1") if c in cols]
-
-
-def rank_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Sort rows best first and put a ``rank`` column first.
-
-    Order: ``DSC avg`` then ``NSD avg`` (``DSC1``/``NSD1`` when there is no average), both
-    descending, NaN last, ties keep their input order. Rows equal on both keys share a rank
-    (1, 2, 2, 4).
-    """
-    df = df.drop(columns=["rank"], errors="ignore")
-    keys = _sort_keys(df.columns)
-    if not keys:
-        raise DataError(f"nothing to rank by among columns {list(df.columns)}")
-    out = df.sort_values(keys, ascending=False, na_position="last", kind="mergesort")
-    out = out.reset_index(drop=True)
-    ranks: list[int] = []
-    prev: tuple | None = None
-    for i, row in enumerate(out[keys].itertuples(index=False, name=None)):
-        norm = tuple(None if pd.isna(v) else float(v) for v in row)
-        ranks.append(ranks[-1] if prev is not None and norm == prev else i + 1)
-        prev = norm
-    out.insert(0, "rank", ranks)
-    return out
-
-
 def _class_labels(method_frames: Mapping[str, pd.DataFrame]) -> list[int]:
     sets = {m: frozenset(int(c) for c in f["class"].unique()) for m, f in method_frames.items()}
     if len(set(sets.values())) > 1:
@@ -223,17 +182,15 @@ def leaderboard(
         columns=["method", *cols],
     )
     if reference:
-        from nastk.report.paper import paper_rows
-
-        paper = paper_rows(task).drop(columns=["rank"])
-        paper_cols = [c for c in paper.columns if c not in ("method", "source")]
+        published = paper.paper_rows(task).drop(columns=["rank"])
+        paper_cols = [c for c in published.columns if c not in ("method", "source")]
         if paper_cols != cols:
             raise DataError(
-                f"task {task!r}: the paper's Table 2 has columns {paper_cols}, this run has {cols} "
+                f"task {task!r}: {paper.tables().test_title} has columns {paper_cols}, this run has {cols} "
                 f"({len(labels)} classes); they do not compare"
             )
         df.insert(1, "source", THIS_RUN)
-        df = pd.concat([df, paper], ignore_index=True)
+        df = pd.concat([df, published], ignore_index=True)
     return rank_rows(df)
 
 
@@ -334,9 +291,8 @@ def write_report(
     if predictions:
         legend.append(predictions)
     if reference:
-        from nastk.report.paper import SOURCE
-
-        legend.append(f"Rows with source 'paper Table 2': {SOURCE}")
+        tables = paper.tables()
+        legend.append(f"Rows with source '{tables.test_label}': {tables.test_source}")
     md = (
         f"# Leaderboard: {task}\n\n"
         + markdown_table(board)

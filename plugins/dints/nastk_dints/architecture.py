@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nastk.errors import DataError
-from nastk.io import atomic_write_text
+from nastk.plugin import DataError, atomic_write_text
 from nastk_dints.topology import edge_list, topology
 
 FORMAT = "nastk.arch"

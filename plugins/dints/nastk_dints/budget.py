@@ -27,10 +27,10 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from nastk.setting import TrainingSetting
+from nastk.plugin import TrainingSetting
 from nastk_dints import memory
 from nastk_dints.blocks import HeadOut, HeadUp, Stem, depth_channels, resample, scale_channels
-from nastk_dints.discretize import shortest_feasible_path
+from nastk_dints.paths import shortest_feasible_path
 from nastk_dints.topology import edge_list, topology
 
 

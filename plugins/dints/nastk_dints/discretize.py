@@ -1,40 +1,22 @@
 """Topology-guaranteed discretization (Eq. 3-4) and the gap indicator G (Sec. 4.4.2).
 
-The graph of Fig. 5 is layered: a node is (layer i, pattern j) and an edge joins (i-1, j) to
-(i, k) when k may follow j, i.e. targets(j) == sources(k). The shortest source-to-sink path is
-therefore a dynamic programme over layers. Predecessors that share a target set are
-interchangeable, so for each layer we take the best predecessor per target set (A = 2^D - 1
-groups) and each layer costs O(M). This finds exactly the path Dijkstra would, in microseconds
-instead of building an (L*M)^2 graph.
+The shortest feasible path through the layered graph of Fig. 5 is :mod:`nastk_dints.paths`; this module
+turns searched logits into its costs and the path into an architecture, also under a memory budget
+and for the k best.
 """
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 import numpy as np
 import torch
 
-from nastk.errors import DataError
-from nastk.setting import MemoryBudget
+from nastk.plugin import DataError, MemoryBudget
 from nastk_dints import relaxation as rx
 from nastk_dints.architecture import PAPER_OPS, Architecture
+from nastk_dints.paths import shortest_feasible_path
 from nastk_dints.topology import topology
-
-
-@cache
-def _groups_by_target(depths: int) -> np.ndarray:
-    """[A, K] pattern indices grouped by target set, padded with M (points at a +inf slot)."""
-    topo = topology(depths)
-    m = topo.num_patterns
-    members = [np.flatnonzero(topo.pattern_targets == a) for a in range(topo.num_node_sets)]
-    width = max(len(g) for g in members)
-    out = np.full((len(members), width), m, dtype=np.int64)
-    for a, g in enumerate(members):
-        out[a, : len(g)] = g
-    out.setflags(write=False)
-    return out
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -48,36 +30,6 @@ def pattern_costs(edge_logits, depths: int) -> np.ndarray:
     topo = topology(depths)
     with torch.no_grad():
         return -rx.log_eta(torch.from_numpy(_as_numpy(edge_logits)), topo).numpy()
-
-
-def shortest_feasible_path(cost: np.ndarray, depths: int) -> tuple[np.ndarray, float]:
-    """Exact minimiser of sum_i cost[i, I(i)] over feasible pattern sequences I.
-
-    Layer 1 may take any pattern (its sources pick the input scales) and the last layer is free.
-    Ties go to the lowest pattern index, deterministically.
-    """
-    topo = topology(depths)
-    groups = _groups_by_target(depths)
-    n_layers, m = cost.shape
-    best = cost[0].copy()
-    back = np.empty((n_layers, m), dtype=np.int64)
-    rows = np.arange(groups.shape[0])
-    padded = np.empty(m + 1)
-    padded[m] = np.inf
-    for i in range(1, n_layers):
-        padded[:m] = best
-        vals = padded[groups]  # [A, K]
-        arg = vals.argmin(1)
-        group_best = vals[rows, arg]
-        group_arg = groups[rows, arg]
-        best = cost[i] + group_best[topo.pattern_sources]
-        back[i] = group_arg[topo.pattern_sources]
-    path = np.empty(n_layers, dtype=np.int64)
-    path[-1] = int(best.argmin())
-    total = float(best[path[-1]])
-    for i in range(n_layers - 1, 0, -1):
-        path[i - 1] = back[i, path[i]]
-    return path, total
 
 
 def _checked(edge_logits, op_logits, op_names) -> tuple[np.ndarray, np.ndarray, int, list[str]]:
@@ -143,10 +95,10 @@ def decode_best(
     if budget is None:
         mem, limit = np.zeros_like(cost), np.inf
     else:
-        from nastk import registry
+        from nastk.plugin import load_ops
         from nastk_dints.budget import memory_model
 
-        builders = ops if ops is not None else {name: registry.load("ops", name) for name in op_names}
+        builders = ops if ops is not None else load_ops(op_names)
         model = memory_model(depths, params.get("filters", 16), builders, budget.setting)
         mem, limit = model.pattern_bytes(op_index), budget.usable_bytes
     found = best_paths(cost, mem, limit, depths, k)
@@ -198,6 +150,22 @@ def gap(edge_logits) -> int:
 
 class TopologyDiscretizer:
     """``nastk.discretizers`` entry ``dints``."""
+
+    arrays = ("edge_logits", "op_logits")  # what Supernet.arch_parameters_numpy saves
+
+    def check_arrays(self, arrays: dict[str, np.ndarray], op_names: list[str]) -> dict[str, Any]:
+        """Raise DataError for a missing array or an op count that ``op_names`` does not match; the
+        number of layers is the arrays' (a bare .npz need not match the spec's)."""
+        for key in self.arrays:
+            if key not in arrays:
+                raise DataError(f"missing array {key!r} (has: {', '.join(arrays) or 'none'})")
+        n_ops = arrays["op_logits"].shape[-1]
+        if len(op_names) != n_ops:
+            raise DataError(
+                f"op_logits has {n_ops} ops but {len(op_names)} op names were given ({', '.join(op_names)}); "
+                "pass --ops"
+            )
+        return {"layers": int(arrays["edge_logits"].shape[0])}
 
     def __call__(
         self,

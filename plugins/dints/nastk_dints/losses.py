@@ -12,8 +12,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nastk import registry
-from nastk.setting import DEFAULT_MARGIN, DEFAULT_RESERVE_GB, TrainingSetting, required_gb, usable_bytes
+from nastk.plugin import (
+    DEFAULT_MARGIN,
+    DEFAULT_RESERVE_GB,
+    TrainingSetting,
+    load_ops,
+    required_gb,
+    usable_bytes,
+)
 from nastk_dints import relaxation as rx
 from nastk_dints.topology import Topology
 
@@ -222,14 +228,15 @@ class memory(_ArchLoss):  # noqa: N801
 
     @torch.no_grad()
     def diagnostics(self, supernet) -> dict[str, float]:
-        """For search/log.csv: the ratio this loss sees, its (effective) sigma, and with a GB budget the
-        GB the expected network would need."""
+        """For search/log.csv: the ratio this loss sees, its (effective) sigma, and with a GB budget that
+        budget and the GB the expected network would need."""
         resample_cost, op_cost = self._bound_costs(supernet)
         ratio = memory_ratio(
             supernet.edge_logits, supernet.op_logits, resample_cost, op_cost, self.params.normalizer
         )
         row = {"memory_ratio": float(ratio), "sigma_eff": float(self.sigma)}
-        if self.params.budget_gb is not None:
+        if self.params.budget_gb is not None:  # the report reads the budget from the log, not the spec
+            row["budget_gb"] = float(self.params.budget_gb)
             m_e = expected_memory(supernet.edge_logits, supernet.op_logits, resample_cost, op_cost)
             row["expected_gb"] = required_gb(
                 float(m_e) + self._fixed, self.params.margin, self.params.reserve_gb
@@ -241,9 +248,9 @@ class memory(_ArchLoss):  # noqa: N801
         can build at the retraining setting, and binds only below the largest."""
         if self.params.budget_gb is None:
             return [], []
-        from nastk.setting import global_retrain_batch, retrain_setting
+        from nastk.plugin import global_retrain_batch, retrain_setting
         from nastk_dints.budget import memory_model
-        from nastk_dints.space import DiNTSParams
+        from nastk_dints.params import DiNTSParams
 
         gpus = spec.retrain.gpus
         if global_retrain_batch(spec) % gpus:
@@ -255,7 +262,7 @@ class memory(_ArchLoss):  # noqa: N801
                 )
             ], []
         space = DiNTSParams.model_validate(spec.space.params)
-        ops = {name: registry.load("ops", name) for name in spec.ops}
+        ops = load_ops(spec.ops)
         setting = retrain_setting(spec)
         model = memory_model(space.depths, space.filters, ops, setting)
         p = self.params

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nastk.errors import DataError
+from nastk.plugin import DataError
 from nastk_dints.architecture import PAPER_OPS, Architecture
 
 _KEY_SETS = (("arch_code_a", "arch_code_c"), ("code_a", "code_c"))

@@ -9,17 +9,31 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from nastk.io import atomic_write_bytes
-from nastk_dints.architecture import Architecture
+from nastk.plugin import atomic_write_bytes
 from nastk_dints.topology import edge_list
 
 
-def _title(arch: Architecture) -> str:
+class Drawn(Protocol):
+    """What a picture reads of an architecture (``nastk_dints.architecture.Architecture`` has it; the
+    picture does not import that module, which imports this one to draw)."""
+
+    depths: int
+    layers: int
+    edge_mask: np.ndarray  # [L, E] bool
+    op_index: np.ndarray  # [L, E]
+    op_names: list[str]
+    node_active: np.ndarray  # [L+1, D] bool
+    path_cost: float | None
+    gap: int | None
+
+
+def _title(arch: Drawn) -> str:
     parts = [f"DiNTS: {arch.layers} layers", f"{int(arch.edge_mask.sum())} edges"]
     if arch.path_cost is not None:
         parts.append(f"path cost {arch.path_cost:.3f}")
@@ -28,7 +42,7 @@ def _title(arch: Architecture) -> str:
     return ", ".join(parts)
 
 
-def draw(arch: Architecture, path: str | Path) -> Path:
+def draw(arch: Drawn, path: str | Path) -> Path:
     """Write a PNG picture of ``arch`` to ``path`` (atomically) and return the path."""
     path = Path(path)
     n_layers, depths = arch.layers, arch.depths

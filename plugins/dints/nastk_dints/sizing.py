@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from nastk.setting import TrainingSetting
+from nastk.plugin import TrainingSetting
 from nastk_dints import memory
 from nastk_dints.blocks import HeadOut, HeadUp, Stem, depth_channels, resample, scale_channels
 from nastk_dints.budget import memory_model
@@ -47,7 +47,8 @@ def _supernet_fit(
     Every layer of the supernet is the same, so what it saves is a + L * b: measured with 1 and 2
     layers and extrapolated (exact, and 4-6x faster than measuring all L at the paper's L = 12).
     """
-    from nastk_dints.space import DiNTSParams, Supernet
+    from nastk_dints.params import DiNTSParams
+    from nastk_dints.supernet import Supernet
 
     side = 2 ** (depths + 1)  # the smallest patch the space takes
     small, large = (side,) * 3, (2 * side, side, side)

@@ -18,7 +18,7 @@ from nastk_dints.discretize import decode
 from nastk_dints.monai_import import import_monai_arch
 from nastk_dints.picture import draw
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]  # the repository
 PAPER_ARCH = ROOT / "specs" / "archs" / "dints-cvpr2021.json"
 PAPER_CODES = Path("/work/shared/paper/dints-cvpr2021-arch.json")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

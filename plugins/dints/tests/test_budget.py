@@ -146,6 +146,7 @@ def test_budget_gb_sets_sigma_from_the_retraining_setting(supernet):
         sigmas.append(loss.sigma)
         row = loss.diagnostics(supernet)
         assert row["sigma_eff"] == loss.sigma and row["expected_gb"] > 0
+        assert row["budget_gb"] == gb  # the report reads the budget from search/log.csv
     assert 0 < sigmas[0] < sigmas[1] < sigmas[2] < 1  # a bigger budget, a bigger target
     tighter = losses.memory(budget_gb=mid_gb, reserve_gb=0.0, margin=0.3)
     tighter.bind(supernet, tiny_setting())

@@ -65,12 +65,12 @@ def test_supernet_weights_edges_by_marginals(paper_ops):
 @pytest.mark.parametrize("frozen", [False, True])  # weights frozen: the architecture step
 def test_fused_cell_equals_ops_one_by_one(paper_ops, monkeypatch, source, target, batch, frozen):
     """One shared ReLU, one stacked first conv and one InstanceNorm give the op-by-op result."""
-    from nastk_dints import kernels, space
+    from nastk_dints import kernels, supernet
 
     monkeypatch.setattr(kernels, "ONEDNN_MIN_UNFOLDED", 0)  # these tiny convs would not take oneDNN
     calls = []
-    monkeypatch.setattr(space, "fused_ops", lambda *a: calls.append(1) or fused.fused_ops(*a))
-    cell = space.MixedCell(source, target, 2, paper_ops)
+    monkeypatch.setattr(supernet, "fused_ops", lambda *a: calls.append(1) or fused.fused_ops(*a))
+    cell = supernet.MixedCell(source, target, 2, paper_ops)
     assert cell._fused == [1, 2, 3, 4] and cell._single == [0]  # the four conv ops; skip alone
     for p in cell.parameters():  # away from the init, so a wrong kernel offset or slice shows
         torch.nn.init.normal_(p)
@@ -92,11 +92,11 @@ def test_fused_cell_equals_ops_one_by_one(paper_ops, monkeypatch, source, target
 
 def test_coarse_cells_run_op_by_op(paper_ops, monkeypatch):
     """Where a cell has fewer than 8 voxels per channel, stacking would not pay: no fusion."""
-    from nastk_dints import space
+    from nastk_dints import supernet
 
     calls = []
-    monkeypatch.setattr(space, "fused_ops", lambda *a: calls.append(1) or fused.fused_ops(*a))
-    cell = space.MixedCell(2, 2, 2, paper_ops)  # 16 channels
+    monkeypatch.setattr(supernet, "fused_ops", lambda *a: calls.append(1) or fused.fused_ops(*a))
+    cell = supernet.MixedCell(2, 2, 2, paper_ops)  # 16 channels
     cell(torch.randn(1, 16, 5, 5, 5), torch.randn(5))  # 125 voxels < 8 * 16
     assert calls == []
     cell(torch.randn(1, 16, 6, 6, 4), torch.randn(5))  # 144 voxels >= 128

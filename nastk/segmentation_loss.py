@@ -1,4 +1,5 @@
-"""Generic segmentation losses, registered in ``nastk.losses``."""
+"""The segmentation loss of a search and a retraining (L_seg), registered in the ``nastk.losses`` group as
+``dice_ce``; the architecture losses are the space plugin's."""
 
 from __future__ import annotations
 

@@ -1,0 +1,40 @@
+"""What a plugin may import from nastk: its errors, atomic file writes, the training setting and memory
+budget it is sized at, and the registry's op loader. Everything else in nastk is internal and may
+change; this module and ``nastk.protocols`` (the shapes a plugin implements) are the public surface.
+"""
+
+from __future__ import annotations
+
+from nastk.errors import DataError, NastkError, PluginError, SpecError
+from nastk.io import atomic_write_bytes, atomic_write_text
+from nastk.protocols import CellOp
+from nastk.registry import load_ops
+from nastk.setting import (
+    DEFAULT_MARGIN,
+    DEFAULT_RESERVE_GB,
+    MemoryBudget,
+    TrainingSetting,
+    global_retrain_batch,
+    required_gb,
+    retrain_setting,
+    usable_bytes,
+)
+
+__all__ = [
+    "DEFAULT_MARGIN",
+    "DEFAULT_RESERVE_GB",
+    "CellOp",
+    "DataError",
+    "MemoryBudget",
+    "NastkError",
+    "PluginError",
+    "SpecError",
+    "TrainingSetting",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "global_retrain_batch",
+    "load_ops",
+    "required_gb",
+    "retrain_setting",
+    "usable_bytes",
+]
