@@ -1,0 +1,69 @@
+"""What every command shares: the typer app, the consoles, spec loading and the run options."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nastk.errors import DataError, NastkError, SpecError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Declarative neural architecture search for 3D medical image segmentation.",
+)
+# Wide when piped (CI logs, nohup) so tables and paths are never cut.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+def _load_spec(path: Path):
+    """Load and validate a spec; print what it warns about on stderr (e.g. a budget that never binds)."""
+    from nastk.spec import load_spec
+
+    resolved = load_spec(path)
+    for field, message in resolved.warnings:
+        err.print(f"warning: {path}: {field}: {message}", markup=False, highlight=False, soft_wrap=True)
+    return resolved
+
+
+def _run_options(out_path: Path, **kw) -> object:
+    """RunOptions for search and retrain; ``amp`` checked here, where both commands pass it."""
+    from nastk.engine.options import RunOptions
+
+    if kw.get("amp") not in ("off", "bf16", "fp16"):
+        raise DataError(f"--amp: {kw.get('amp')!r} is not one of off, bf16, fp16")
+    return RunOptions(out=out_path, **kw)
+
+
+AmpOption = Annotated[str, typer.Option(help="Mixed precision: off, bf16 or fp16 (with a grad scaler).")]
+DeviceOption = Annotated[str | None, typer.Option(help="cpu or cuda (default: whatever is available).")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")]
+ChannelsLastOption = Annotated[bool, typer.Option(help="channels_last_3d memory format.")]
+DeterministicOption = Annotated[bool, typer.Option(help="Deterministic algorithms (same spec, same result).")]
+WorkersOption = Annotated[
+    int | None, typer.Option(min=0, help="Data-loader workers (default: dataset.num_workers).")
+]
+CompileOption = typer.Option(
+    "--compile",
+    help="torch.compile the training network (mainly for GPUs: the first steps spend minutes compiling).",
+)
+
+
+def _print_error(exc: NastkError) -> None:
+    if isinstance(exc, SpecError):
+        table = Table(title=f"invalid spec: {exc.file}", title_justify="left")
+        table.add_column("field")
+        table.add_column("problem")
+        table.add_column("file")
+        for field, message in exc.problems:
+            table.add_row(field or "<root>", message, exc.file)
+        err.print(table)
+    else:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,105 @@
+"""The two long jobs: search and retrain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nastk.cli.common import (
+    AmpOption,
+    ChannelsLastOption,
+    CompileOption,
+    DeterministicOption,
+    DeviceOption,
+    QuietOption,
+    WorkersOption,
+    _load_spec,
+    _run_options,
+    app,
+    out,
+)
+from nastk.errors import DataError
+
+
+@app.command()
+def search(
+    spec: Annotated[Path, typer.Argument(help="Spec YAML file.")],
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default runs/<spec name>).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN/search/checkpoint.pt.")] = False,
+    quiet: QuietOption = False,
+    device: DeviceOption = None,
+    amp: AmpOption = "off",
+    channels_last: ChannelsLastOption = False,
+    checkpoint_cells: Annotated[
+        bool, typer.Option(help="Recompute cells in backward to save memory.")
+    ] = False,
+    compile_net: Annotated[bool, CompileOption] = False,
+    deterministic: DeterministicOption = False,
+    workers: WorkersOption = None,
+) -> None:
+    """Differentiable topology + cell search (Sec. 3.6), then decode to RUN/arch.json."""
+    from nastk.engine.search import run_search
+
+    resolved = _load_spec(spec)
+    run = out_path or Path("runs") / resolved.name
+    opts = _run_options(
+        run,
+        resume=resume,
+        quiet=quiet,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        checkpoint_cells=checkpoint_cells,
+        compile=compile_net,
+        deterministic=deterministic,
+        workers=workers,
+    )
+    run_search(resolved, opts)
+
+
+@app.command()
+def retrain(
+    spec: Annotated[Path, typer.Argument(help="Spec YAML file.")],
+    arch: Annotated[Path, typer.Option(help="arch.json to train (e.g. RUN/arch.json).")],
+    fold: Annotated[str, typer.Option(help="Fold index K, or 'all'.")] = "0",
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default: arch.json's folder).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN/retrain/fold_K/checkpoint.pt.")] = False,
+    quiet: QuietOption = False,
+    device: DeviceOption = None,
+    amp: Annotated[
+        str | None,
+        typer.Option(help="Mixed precision: off, bf16 or fp16 (with a grad scaler); default: retrain.amp."),
+    ] = None,
+    channels_last: ChannelsLastOption = False,
+    compile_net: Annotated[bool, CompileOption] = False,
+    deterministic: DeterministicOption = False,
+    workers: WorkersOption = None,
+) -> None:
+    """Retrain the discrete network of an arch.json on one fold or all (Sec. 4.1)."""
+    from nastk.engine.retrain import load_architecture, parse_folds, run_retrain
+
+    resolved = _load_spec(spec)
+    amp = amp or resolved.retrain.amp
+    if amp not in ("off", "bf16", "fp16"):  # before load_architecture: fail before any work
+        raise DataError(f"--amp: {amp!r} is not one of off, bf16, fp16")
+    load_architecture(resolved, arch)  # fail before writing anything
+    parse_folds(fold, resolved.dataset.num_folds)
+    opts = _run_options(
+        out_path or arch.parent,
+        resume=resume,
+        quiet=quiet,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile_net,
+        deterministic=deterministic,
+        workers=workers,
+    )
+    for path in run_retrain(resolved, arch, fold, opts):
+        out.print(f"fold done: {path}", highlight=False)
