@@ -175,6 +175,11 @@ class RetrainSpec(_Section):
     milestones: list[int] = Field([8000, 16000, 24000, 32000], description="Paper: [8k, 16k, 24k, 32k].")
     weights: SGDSpec = Field(default_factory=SGDSpec)
     val_every: int = Field(1000, ge=1)
+    log_every: int | None = Field(
+        None,
+        ge=1,
+        description="Iterations between log rows; unset: `search.log_every`, as before it existed.",
+    )
     checkpoint_every: int = Field(500, ge=1)
 
 

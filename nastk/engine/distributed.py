@@ -78,6 +78,13 @@ def setup(device: str | None = None) -> Dist:
     return Dist(rank, world, local, dev)
 
 
+def per_rank_batch(global_batch: int, world: int, field: str) -> int:
+    """Each rank's share of a global batch; it must split evenly."""
+    if global_batch % world:
+        raise DataError(f"{field}: global batch {global_batch} is not divisible by {world} processes")
+    return global_batch // world
+
+
 def wrap(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
     if not dist.enabled:
         return model
