@@ -15,12 +15,13 @@ from typing import Any, Protocol
 
 import torch
 
+from nastk import checkpoint as ckpt
 from nastk.data.preprocess import preprocess
-from nastk.engine import checkpoint as ckpt
 from nastk.engine import distributed as dd
-from nastk.engine.common import CsvLog, Reporter, TrainingError
+from nastk.engine.common import CsvLog, TrainingError
 from nastk.errors import NastkError
 from nastk.io import remove_stale_temps
+from nastk.progress import Reporter
 from nastk.spec import Spec
 
 
@@ -131,5 +132,7 @@ class Loop:
                     hook(it)
                 if is_due(it, self.checkpoint_every, self.total):
                     self.checkpoint(it + 1)
+            if self.start >= self.total:  # a finished run resumed: its last checkpoint is written again
+                self.checkpoint(self.total)
         finally:
             self.reporter.close()

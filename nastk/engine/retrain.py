@@ -15,24 +15,21 @@ records the post-processing cross-validation chose.
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nastk import registry
+from nastk import checkpoint as ckpt
 from nastk.crossval import SPLITS_FILE, missing_predictions, prediction_file, update_postprocessing
 from nastk.data import augment
 from nastk.data.dataset import read_dataset
 from nastk.data.preprocess import load_case, pad_value, restore_geometry
 from nastk.data.sampler import PatchDataset, make_loader
-from nastk.engine import checkpoint as ckpt
 from nastk.engine import distributed as dd
 from nastk.engine.common import (
     CsvLog,
-    Reporter,
     autocast,
     batch_generator,
     hard_dice,
@@ -60,8 +57,11 @@ from nastk.inference.sliding_window import sliding_window_predict
 from nastk.inference.writer import write_label
 from nastk.io import atomic_write_text, make_dir
 from nastk.lock import run_lock
+from nastk.logs import logger, record, run_log, start_log_file
 from nastk.metrics.dice import dice_per_class, nan_mean
+from nastk.network import build_network, load_architecture, save_model
 from nastk.objective import build_losses
+from nastk.progress import Reporter
 from nastk.spec import Spec, dump_spec
 
 
@@ -75,30 +75,6 @@ def parse_folds(fold: str, num_folds: int) -> list[int]:
     if not 0 <= k < num_folds:
         raise DataError(f"--fold: {k} is out of range; dataset.num_folds is {num_folds} (0..{num_folds - 1})")
     return [k]
-
-
-def load_architecture(spec: Spec, arch_path: Path):
-    space = registry.load("spaces", spec.space.name)
-    if not Path(arch_path).is_file():
-        raise DataError(
-            f"{arch_path}: architecture file not found (run `nastk search` or `nastk decode` first)"
-        )
-    arch = space.load_arch(arch_path)
-    mismatch = getattr(arch, "spec_mismatch", None)
-    problem = mismatch(spec.space.params) if mismatch else None
-    if problem:
-        raise DataError(f"{arch_path}: {problem}")
-    missing = [o for o in arch.op_names if o not in registry.names("ops")]
-    if missing:
-        raise DataError(f"{arch_path}: uses ops that are not installed: {', '.join(missing)}")
-    return space, arch
-
-
-def build_network(spec: Spec, space, arch, filter_multiplier: float):
-    ops = {name: registry.load("ops", name) for name in arch.op_names}
-    return space.build_network(
-        arch, ops, spec.dataset.in_channels, spec.dataset.num_classes, filter_multiplier=filter_multiplier
-    )
 
 
 class OutOfFold:
@@ -170,7 +146,10 @@ def run_retrain(spec: Spec, arch_path: Path, fold: str, opts: RunOptions) -> lis
     folds = parse_folds(fold, spec.dataset.num_folds)
     dist = dd.setup(opts.device)
     try:
-        with run_lock(opts.out) if dist.is_main else contextlib.nullcontext():
+        with (
+            run_lock(opts.out) if dist.is_main else contextlib.nullcontext(),
+            run_log(opts.quiet, dist.is_main),
+        ):
             outs = [_retrain_fold(spec, space, arch, k, opts, dist) for k in folds]
             if dist.is_main:
                 info = read_dataset(spec.dataset.root, spec.dataset.format)
@@ -179,24 +158,6 @@ def run_retrain(spec: Spec, arch_path: Path, fold: str, opts: RunOptions) -> lis
             return outs
     finally:
         dd.teardown(dist)
-
-
-def _save_model(path: Path, net, arch, spec: Spec, fold: int, iteration: int, metric: float | None) -> None:
-    ckpt.save(
-        path,
-        {
-            "model": net.state_dict(),
-            "arch": arch.to_json(),
-            "space": spec.space.name,
-            "filter_multiplier": spec.retrain.filter_multiplier,
-            "in_channels": spec.dataset.in_channels,
-            "num_classes": spec.dataset.num_classes,
-            "fold": fold,
-            "iteration": iteration,
-            "val_dice": -1.0 if metric is None else metric,
-            "spec_hash": ckpt.spec_hash(spec),
-        },
-    )
 
 
 def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd.Dist) -> Path:
@@ -228,6 +189,7 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
         ckpt.restore(final, _final_state(final, spec), {"model": parts.net})
         if dist.is_main:
             _copy_into_run(cache.root, run)
+            start_log_file(run)
         _finish_out_of_fold(parts.net, cache.root, split["val"], spec, dist, opts, oof)
         return out
     start, best = 0, -1.0
@@ -236,9 +198,12 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
         best = ckpt.number(ckpt_path, state, "best")
     if dist.is_main:  # predict and cross-validation need these, even where the training data is not at hand
         _copy_into_run(cache.root, run)
+        start_log_file(run)
+        how = "resumed" if start else "started"
+        record(f"retrain fold {fold} {how} at iteration {start} of {total} in {out}")
     if start >= total:  # killed between the last checkpoint and the final model
         if dist.is_main:
-            _save_model(final, parts.net, arch, spec, fold, total, None)
+            save_model(final, parts.net, arch, spec, fold, total, None)
         _finish_out_of_fold(parts.net, cache.root, split["val"], spec, dist, opts, oof)
         return out
     step = RetrainStep(spec, opts, dist, parts, aug, fold, best)
@@ -287,7 +252,7 @@ def _train_fold(spec: Spec, opts: RunOptions, dist: dd.Dist, step, span, arch, v
         if mean > step.best:  # nan (no class anywhere) never is
             step.best = mean
             if dist.is_main:
-                _save_model(out / "model_best.pt", step.parts.net, arch, spec, step.fold, it + 1, mean)
+                save_model(out / "model_best.pt", step.parts.net, arch, spec, step.fold, it + 1, mean)
 
     reporter = Reporter(total, start, dist.is_main, opts.quiet, f"retrain fold {step.fold}")
     loop = Loop(
@@ -296,7 +261,9 @@ def _train_fold(spec: Spec, opts: RunOptions, dist: dd.Dist, step, span, arch, v
     loop.after_step.append(validate_if_due)
     loop.run(step)
     if dist.is_main:
-        _save_model(out / "model_final.pt", step.parts.net, arch, spec, step.fold, total, None)
+        final = out / "model_final.pt"
+        save_model(final, step.parts.net, arch, spec, step.fold, total, None)
+        record(f"retrain fold {step.fold} finished: {final}, best validation Dice {step.best:.4f}")
 
 
 @dataclass
@@ -388,7 +355,7 @@ def _finish_out_of_fold(net, cache_root: Path, cases: list[str], spec, dist, opt
     """Predict the validation cases that have no out-of-fold prediction yet (split over the ranks)."""
     # rank 0 looks and tells the others, so all split the same list whoever writes first
     missing = dd.gather(missing_predictions(oof.run, oof.fold, cases) if dist.is_main else [], dist)
-    if missing and dist.is_main and not opts.quiet:
-        print(f"fold {oof.fold}: predicting {len(missing)} missing out-of-fold case(s)", file=sys.stderr)
+    if missing and dist.is_main:
+        logger.info(f"fold {oof.fold}: predicting {len(missing)} missing out-of-fold case(s)")
     if missing:
         validate_on_ranks(net, cache_root, missing, spec, dist, opts.amp, oof)

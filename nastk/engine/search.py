@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from nastk.data.sampler import PatchDataset, make_loader
 from nastk.engine import distributed as dd
 from nastk.engine.common import (
     CsvLog,
-    Reporter,
     autocast,
     batch_generator,
     check_finite,
@@ -56,7 +54,10 @@ from nastk.engine.schedule import lr_lambda
 from nastk.errors import DataError
 from nastk.io import atomic_write_bytes, atomic_write_text, make_dir
 from nastk.lock import run_lock
+from nastk.logs import logger, record, run_log, start_log_file
+from nastk.network import build_supernet
 from nastk.objective import arch_objective, build_losses
+from nastk.progress import Reporter
 from nastk.protocols import Diagnoses, NeedsSetting
 from nastk.setting import retrain_setting, spec_budget, uses_gb_budget
 from nastk.spec import Spec, dump_spec
@@ -72,16 +73,6 @@ def phase_of(iteration: int, s) -> str:
 
 def total_iterations(s) -> int:
     return s.warmup_iters + s.weight_iters + s.joint_iters
-
-
-def build_supernet(spec: Spec):
-    space = registry.load("spaces", spec.space.name)
-    ops = {name: registry.load("ops", name) for name in spec.ops}
-    params = space.Params.model_validate(spec.space.params)
-    net = space.build_supernet(
-        params, ops, spec.dataset.in_channels, spec.dataset.num_classes, tuple(spec.search.patch_size)
-    )
-    return net
 
 
 def save_arch_params(path: Path, net) -> None:
@@ -114,7 +105,10 @@ def decode_run(spec: Spec, run: Path, quiet: bool = False):
 def run_search(spec: Spec, opts: RunOptions) -> Path:
     dist = dd.setup(opts.device)
     try:
-        with run_lock(opts.out) if dist.is_main else contextlib.nullcontext():
+        with (
+            run_lock(opts.out) if dist.is_main else contextlib.nullcontext(),
+            run_log(opts.quiet, dist.is_main),
+        ):
             return _search(spec, opts, dist)
     finally:
         dd.teardown(dist)
@@ -146,6 +140,8 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
     if dist.is_main:
         make_dir(out)
         atomic_write_text(run / "spec.yaml", dump_spec(spec))
+        start_log_file(run)
+        record(f"search {'resumed' if start else 'started'} at iteration {start} of {total} in {out}")
         log = CsvLog(out / "log.csv", resume_from=start - 1 if opts.resume else None)
     workers = opts.workers if opts.workers is not None else spec.dataset.num_workers
 
@@ -168,6 +164,7 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
     Loop(start, total, s.log_every, s.checkpoint_every, checkpoint, log, reporter).run(step)
     if dist.is_main:
         arch = decode_run(spec, run)
+        record(f"search finished; decoded architecture in {run / 'arch.json'}:\n{arch.summary()}")
         if not opts.quiet:
             print(arch.summary())
     return run
@@ -232,10 +229,9 @@ def _search_parts(spec: Spec, opts: RunOptions, dist: dd.Dist) -> SearchParts:
         if isinstance(a.fn, NeedsSetting):  # e.g. a memory budget in GB at the retraining setting
             a.fn.bind(net, setting)
     if dist.is_main and dist.world_size != spec.retrain.gpus and uses_gb_budget(spec):
-        print(
-            f"note: the memory budget assumes retraining on retrain.gpus = {spec.retrain.gpus} GPUs "
-            f"({setting.batch_size} patches each); this search runs on {dist.world_size}",
-            file=sys.stderr,
+        logger.warning(
+            f"the memory budget assumes retraining on retrain.gpus = {spec.retrain.gpus} GPUs "
+            f"({setting.batch_size} patches each); this search runs on {dist.world_size}"
         )
     return SearchParts(net, opt_w, opt_a, sched, scaler_w, scaler_a, seg, arch_losses)
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nastk import checkpoint as ckpt
 from nastk import registry
 from nastk.crossval import choose, chosen_scores, fold_status, read_splits, score_folds
-from nastk.data.dataset import IMAGE_SUFFIXES, DatasetInfo, read_dataset, strip_suffix
-from nastk.engine import checkpoint as ckpt
+from nastk.data.dataset import DatasetInfo, images_by_name, read_dataset
 from nastk.errors import DataError, one_line
 from nastk.io import atomic_write_text, make_dir
 from nastk.metrics import evaluate_files, evaluate_missing
@@ -71,14 +71,6 @@ def check_tolerance_classes(
         )
 
 
-def _files(folder: Path) -> dict[str, Path]:
-    return {
-        strip_suffix(p.name): p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith("._")
-    }
-
-
 def references(ref: Path) -> tuple[dict[str, Path], dict[int, str], list[set[str]]]:
     """Reference label files by case id: a folder of labels, or a dataset.json (labelsTr, and labelsTs
     when present) with its declared labels; and the groups of cases that are scored together (a
@@ -88,13 +80,13 @@ def references(ref: Path) -> tuple[dict[str, Path], dict[int, str], list[set[str
         refs = {c.id: c.label for c in info.training}
         groups = [set(refs)]
         if (info.root / "labelsTs").is_dir():
-            test = _files(info.root / "labelsTs")
+            test = images_by_name(info.root / "labelsTs")
             refs.update(test)
             groups.append(set(test))
         return refs, info.labels, groups
     if not ref.is_dir():
         raise DataError(f"{ref}: not a folder of labels or a dataset.json")
-    refs = _files(ref)
+    refs = images_by_name(ref)
     return refs, {}, [set(refs)]
 
 
@@ -114,7 +106,7 @@ def evaluate_folder(
     """
     if not pred.is_dir():
         raise DataError(f"{pred}: predictions folder not found")
-    preds = _files(pred)
+    preds = images_by_name(pred)
     if not preds:
         raise DataError(f"{pred}: no predictions")
     refs, _, groups = references(ref)
@@ -244,7 +236,7 @@ def _no_dataset(part: _RunParts) -> str:
 
 def _test_set(part: _RunParts, classes: list[int], tol: dict[int, float], quiet: bool, missing: str) -> None:
     folder = part.run / "predictions"
-    preds = _files(folder) if folder.is_dir() else {}
+    preds = images_by_name(folder) if folder.is_dir() else {}
     if not preds:
         part.skipped.append(f"test set: no predictions in {folder} (run `nastk predict`)")
         return
@@ -363,17 +355,21 @@ def _collect(run: Path, name: str, tolerances: dict[int, float], quiet: bool, mi
     return part
 
 
-def run_report(
-    runs: list[Path],
-    pred: Path | None,
-    ref: Path | None,
-    tolerances: dict[int, float],
-    out: Path | None,
-    reference: bool,
-    task: str | None,
-    quiet: bool = False,
-    missing: str = "error",
-) -> Report:
+@dataclass(frozen=True)
+class ReportOptions:
+    """How `report` runs: NSD tolerances, where it writes, the paper's rows, missing cases."""
+
+    tolerances: dict[int, float] = field(default_factory=dict)  # NSD tolerance in mm by class
+    out: Path | None = None  # default: RUN/report for one run, ./report for several, next to --pred
+    reference: bool = False  # the paper's rows next to ours
+    task: str | None = None  # MSD task name for the paper's rows (default: the dataset's name)
+    quiet: bool = False
+    missing: str = "error"  # reference cases without a prediction: "error" or "empty"
+
+
+def run_report(runs: list[Path], pred: Path | None, ref: Path | None, opts: ReportOptions) -> Report:
+    tolerances, out, reference, task = opts.tolerances, opts.out, opts.reference, opts.task
+    quiet, missing = opts.quiet, opts.missing
     if missing not in MISSING_POLICIES:
         raise DataError(f"--missing: {missing!r} is not one of {', '.join(MISSING_POLICIES)}")
     if pred is not None:
@@ -528,7 +524,7 @@ def _same_cases(frames: dict[str, pd.DataFrame], runs: list[Path]) -> None:
 def _classes_in(pred: Path, refs: dict[str, Path]) -> list[int]:
     """Without a dataset.json: the union of the label values in the predictions and the references."""
     values: set[int] = set()
-    for case_id, path in _files(pred).items():
+    for case_id, path in images_by_name(pred).items():
         values |= label_values(path, "prediction", case_id)
     for case_id, path in refs.items():
         values |= label_values(path, "reference", case_id)
