@@ -58,7 +58,7 @@ from nastk.data.synthetic import write_head_task, write_synthetic_task
 from nastk.engine.options import RunOptions
 from nastk.engine.retrain import run_retrain
 from nastk.engine.search import run_search
-from nastk.inference.predict import run_predict
+from nastk.inference.predict import PredictOptions, run_predict
 from nastk.metrics import dice
 from nastk.plan import make_plan
 from nastk.setting import required_gb, retrain_setting
@@ -222,7 +222,7 @@ def run_arm(name: str, spec_dict: dict, arch: Path, root: Path, out: Path, strid
         spec.inference.stride = tuple(stride)
         preds = run / "predictions_stride"
     t1 = time.monotonic()
-    run_predict(spec, run, root / "imagesTs", preds, [0], "final", True, None, True)
+    run_predict(spec, run, root / "imagesTs", PredictOptions(preds, [0], resume=True, quiet=True))
     result = evaluate(preds, root, spec.dataset.num_classes)
     result.update(train_s=trained, predict_s=time.monotonic() - t1, patch=list(spec.retrain.patch_size))
     return result

@@ -24,8 +24,8 @@ def run_quickstart(spec_path: Path, out: Path, quiet: bool = False, echo=print) 
     from nastk.data.synthetic import threshold_baseline, write_synthetic_task
     from nastk.engine.retrain import run_retrain
     from nastk.engine.search import run_search
-    from nastk.inference.predict import postprocessing_classes, run_predict
-    from nastk.report.command import run_report
+    from nastk.inference.predict import PredictOptions, postprocessing_classes, run_predict
+    from nastk.report.command import ReportOptions, run_report
 
     if not spec_path.is_file():
         raise DataError(
@@ -72,10 +72,10 @@ def run_quickstart(spec_path: Path, out: Path, quiet: bool = False, echo=print) 
 
     echo("[5/6] predicting the held-out cases")
     echo(postprocessing_classes(spec, run)[1])
-    run_predict(spec, run, data / "imagesTs", run / "predictions", None, "final", True, None, quiet)
+    run_predict(spec, run, data / "imagesTs", PredictOptions(run / "predictions", resume=True, quiet=quiet))
 
     echo("[6/6] report")
-    result = run_report([run], None, None, {}, run / "report", False, None, quiet=True)
+    result = run_report([run], None, None, ReportOptions(out=run / "report", quiet=True))
     for key, title in (("cv_leaderboard_md", None), ("leaderboard_md", "# Held-out cases")):
         if key in result.paths:
             text = result.paths[key].read_text()

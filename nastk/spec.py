@@ -25,6 +25,9 @@ from pydantic import (
 from nastk import registry
 from nastk.errors import PluginError, SpecError
 from nastk.protocols import ChecksSpec
+from nastk.spec_reference import markdown_reference as markdown_reference
+from nastk.spec_yaml import parse_yaml as parse_yaml
+from nastk.spec_yaml import read_spec_text as read_spec_text
 
 Triple = tuple[int, int, int]
 
@@ -175,6 +178,11 @@ class RetrainSpec(_Section):
     milestones: list[int] = Field([8000, 16000, 24000, 32000], description="Paper: [8k, 16k, 24k, 32k].")
     weights: SGDSpec = Field(default_factory=SGDSpec)
     val_every: int = Field(1000, ge=1)
+    log_every: int | None = Field(
+        None,
+        ge=1,
+        description="Iterations between log rows; unset: `search.log_every`, as before it existed.",
+    )
     checkpoint_every: int = Field(500, ge=1)
 
 
@@ -386,76 +394,6 @@ def validate(data: Any, file: str = "<spec>") -> Spec:
     return spec
 
 
-# Specs are a few KB; the cap keeps a huge file from holding the parser for minutes.
-MAX_SPEC_BYTES = 4 * 2**20
-
-
-class SpecLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader, refusing aliases and duplicate keys.
-
-    An alias makes the validator walk the aliased value again at each use: a chain of ten anchors of
-    ten aliases each (the "billion laughs") expands to 10^10 values and takes the process down.
-    A duplicate key would silently keep its last value.
-    """
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None,
-                None,
-                f"alias *{event.anchor} is not allowed in a spec; write the value out",
-                event.start_mark,
-            )
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node.start_mark.line + 1)
-                except TypeError:  # an unhashable key: the base class reports it
-                    continue
-                if first != key_node.start_mark.line + 1:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (first on line {first})", key_node.start_mark
-                    )
-        return super().construct_mapping(node, deep=deep)
-
-
-def parse_yaml(text: str, file: str) -> Any:
-    """The YAML document in ``text``; SpecError (naming line and column) when it is not valid."""
-    try:
-        return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise SpecError(file, [("", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}")]) from None
-    except RecursionError:
-        raise SpecError(file, [("", "not valid YAML: nested too deeply")]) from None
-
-
-def read_spec_text(path: Path) -> str:
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_SPEC_BYTES + 1)
-    except FileNotFoundError:
-        raise SpecError(str(path), [("", "file not found")]) from None
-    except OSError as exc:
-        raise SpecError(str(path), [("", f"cannot read: {exc.strerror}")]) from None
-    if len(raw) > MAX_SPEC_BYTES:
-        limit = MAX_SPEC_BYTES // 2**20
-        raise SpecError(str(path), [("", f"larger than {limit} MB; a spec is a few KB of YAML")])
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SpecError(
-            str(path), [("", f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})")]
-        ) from None
-
-
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     data = parse_yaml(read_spec_text(path), str(path))
@@ -470,55 +408,3 @@ def dump_spec(spec: Spec) -> str:
 
 def json_schema() -> dict[str, Any]:
     return Spec.model_json_schema()
-
-
-def markdown_reference() -> str:
-    """A Markdown reference of every spec field (type, default, description), from the models."""
-
-    def type_name(annotation: Any) -> str:
-        text = str(annotation).replace("typing.", "")
-        if isinstance(annotation, type):
-            text = annotation.__name__
-        return text.replace("NoneType", "None")
-
-    lines = [
-        "# Spec reference",
-        "",
-        "Generated from the models in `nastk/spec.py` by `nastk spec-schema --markdown`; do not edit.",
-        "Defaults are the DiNTS paper's values (Sec. 4.1) unless the description says otherwise.",
-        "",
-    ]
-
-    def section(model: type[BaseModel], prefix: str) -> None:
-        rows, nested = [], []
-        for name, field in model.model_fields.items():
-            ann = field.annotation
-            sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-            if sub is not None:
-                nested.append((sub, f"{prefix}{name}."))
-                continue
-            default = field.get_default(call_default_factory=True)
-            if isinstance(default, BaseModel):
-                default = default.model_dump(mode="json")
-            if isinstance(default, list):
-                default = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in default]
-            shown = json.dumps(default, default=str).replace("|", "\\|")
-            desc = (field.description or "").replace("|", "\\|")
-            kind = type_name(ann).replace("nastk.spec.", "").replace("|", "\\|")
-            rows.append(f"| `{prefix}{name}` | `{kind}` | `{shown}` | {desc} |")
-        if rows:
-            lines.extend(
-                [
-                    f"## `{prefix.rstrip('.') or 'top level'}`",
-                    "",
-                    "| field | type | default | meaning |",
-                    "|---|---|---|---|",
-                    *rows,
-                    "",
-                ]
-            )
-        for sub, sub_prefix in nested:
-            section(sub, sub_prefix)
-
-    section(Spec, "")
-    return "\n".join(lines)

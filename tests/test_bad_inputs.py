@@ -103,7 +103,7 @@ def assert_refused(res: Result, needles: list[str], one_line: bool) -> None:
 def env(tmp_path_factory):
     """A synthetic task, its cache, a finished search run and a (fabricated, untrained) fold model,
     reference predictions and the spec that made them. Cases never change any of it."""
-    from nastk.engine.retrain import _save_model, build_network, load_architecture
+    from nastk.network import build_network, load_architecture, save_model
     from nastk.spec import load_spec
 
     root = tmp_path_factory.mktemp("bad")
@@ -117,7 +117,7 @@ def env(tmp_path_factory):
     run_search(spec, RunOptions(out=run, quiet=True))
     space, arch = load_architecture(spec, run / "arch.json")
     net = build_network(spec, space, arch, spec.retrain.filter_multiplier)
-    _save_model(run / "retrain" / "fold_0" / "model_final.pt", net, arch, spec, 0, 1, None)
+    save_model(run / "retrain" / "fold_0" / "model_final.pt", net, arch, spec, 0, 1, None)
     shutil.copy(next((root / "cache").iterdir()) / "plan.json", run / "plan.json")
     shutil.copytree(data / "labelsTs", root / "preds")
     return root

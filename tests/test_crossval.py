@@ -20,9 +20,9 @@ from nastk.crossval import prediction_file, update_postprocessing
 from nastk.engine.options import RunOptions
 from nastk.engine.retrain import run_retrain
 from nastk.inference import predict as predict_module
-from nastk.inference.predict import postprocessing_classes, run_predict
+from nastk.inference.predict import PredictOptions, postprocessing_classes, run_predict
 from nastk.metrics import surface_dice
-from nastk.report.command import run_report
+from nastk.report.command import ReportOptions, run_report
 from nastk.spec import load_spec, validate
 
 from conftest import run_cli
@@ -242,7 +242,7 @@ def test_predict_applies_the_post_processing_cross_validation_chose(retrained, t
             (run / "postprocessing.json").write_text(json.dumps({"largest_component": post}))
         spec = load_spec(_spec_file(run, tmp_path / "spec.yaml", largest_component=setting))
         out = tmp_path / f"out_{setting}_{post}"
-        [path] = run_predict(spec, run, root / "imagesTs", out, [0], quiet=True)[:1]
+        [path] = run_predict(spec, run, root / "imagesTs", PredictOptions(out, [0], quiet=True))[:1]
         labels = _array(path)
         return [ndimage.label(labels == c, FULL)[1] for c in (1, 2)], postprocessing_classes(spec, run)
 
@@ -280,7 +280,7 @@ def test_cross_validation_table_recomputed_from_the_nifti_files(retrained, tmp_p
                 nib.Nifti1Image(labels.astype(np.uint8), img.affine, img.header),
                 prediction_file(run, k, case),
             )
-    report = run_report([run], None, None, {}, tmp_path / "rep", False, None, quiet=True)
+    report = run_report([run], None, None, ReportOptions(out=tmp_path / "rep", quiet=True))
     cases = pd.read_csv(report["cv_cases"])
     rows = []
     for k, split in enumerate(splits):

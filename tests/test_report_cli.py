@@ -116,13 +116,14 @@ def test_bad_predictions_exit_2_naming_the_case(task, tmp_path, problem):
 def test_missing_predictions_scored_as_empty_only_when_asked(task, tmp_path):
     """Ranking over the cases that happen to have predictions compares methods on different data:
     a missing case is an error, or with --missing empty an empty prediction, and the table says so."""
-    from nastk.report.command import run_report
+    from nastk.report.command import ReportOptions, run_report
 
     pred = _predictions(task, tmp_path / "pred", 0)
-    complete = run_report([], pred, task / "dataset.json", {}, tmp_path / "all", False, None, quiet=True)
+    complete = run_report([], pred, task / "dataset.json", ReportOptions(out=tmp_path / "all", quiet=True))
     assert "every reference case has one" in complete["leaderboard_md"].read_text()
     (pred / "synth_101.nii.gz").unlink()
-    paths = run_report([], pred, task / "dataset.json", {}, tmp_path / "r", False, None, True, "empty")
+    options = ReportOptions(out=tmp_path / "r", quiet=True, missing="empty")
+    paths = run_report([], pred, task / "dataset.json", options)
     cases = pd.read_csv(paths["cases"])
     scored_empty = cases[cases["case"] == "synth_101"]
     assert len(scored_empty) == 2 and set(scored_empty["prediction"]) == {"missing, scored as empty"}
@@ -222,7 +223,7 @@ def test_gap_of_several_runs_in_one_figure_styled_by_sigma_and_topology_loss(tmp
 def test_pred_ref_without_dataset_json_scores_the_classes_in_either_file(tmp_path):
     """The class list is the union of the values in the predictions and the references (a class the
     predictions miss is scored 0, not dropped), the same on every run."""
-    from nastk.report.command import run_report
+    from nastk.report.command import ReportOptions, run_report
 
     rng = np.random.default_rng(0)
     for i in range(2):
@@ -233,7 +234,7 @@ def test_pred_ref_without_dataset_json_scores_the_classes_in_either_file(tmp_pat
     seen = set()
     for k in range(20):
         report = run_report(
-            [], tmp_path / "P", tmp_path / "R", {}, tmp_path / f"r{k}", False, None, quiet=True
+            [], tmp_path / "P", tmp_path / "R", ReportOptions(out=tmp_path / f"r{k}", quiet=True)
         )
         cases = pd.read_csv(report["cases"])
         seen.add(tuple(sorted(set(cases["class"]))))

@@ -32,7 +32,7 @@ def predict(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Sliding-window inference with the fold ensemble; NIfTI out in each case's original geometry."""
-    from nastk.inference.predict import run_predict
+    from nastk.inference.predict import PredictOptions, run_predict
     from nastk.spec import load_spec
 
     if model not in ("final", "best"):
@@ -44,9 +44,8 @@ def predict(
     from nastk.inference.predict import postprocessing_classes
 
     resolved = load_spec(spec or run / "spec.yaml")
-    written = run_predict(
-        resolved, run, input_path, output or run / "predictions", fold_list, model, resume, device, quiet
-    )
+    options = PredictOptions(output or run / "predictions", fold_list, model, resume, device, quiet)
+    written = run_predict(resolved, run, input_path, options)
     out.print(postprocessing_classes(resolved, run)[1], markup=False, highlight=False, soft_wrap=True)
     out.print(f"{len(written)} predictions in {output or run / 'predictions'}", highlight=False)
 
@@ -79,21 +78,14 @@ def report(
 ) -> None:
     """What each run has, at every stage: architectures (Table 1), search curves, the cross-validation
     table, the test leaderboard (Table 2); or a --pred folder scored against --ref. Says what it skipped."""
-    from nastk.report.command import parse_tolerances, run_report
+    from nastk.report.command import ReportOptions, parse_tolerances, run_report
 
     if reference not in (None, "paper"):
         raise DataError(f"--reference: {reference!r} is not 'paper'")
-    result = run_report(
-        list(runs or []),
-        pred,
-        ref,
-        parse_tolerances(tolerance or []),
-        out_dir,
-        reference == "paper",
-        task,
-        quiet,
-        missing,
+    options = ReportOptions(
+        parse_tolerances(tolerance or []), out_dir, reference == "paper", task, quiet, missing
     )
+    result = run_report(list(runs or []), pred, ref, options)
     out.print(result.text, markup=False, highlight=False, soft_wrap=True)
     out.print(f"wrote {', '.join(str(p) for p in result.paths.values())}", highlight=False)
 

@@ -46,6 +46,20 @@ def strip_suffix(name: str) -> str:
     return name
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files in ``folder``, sorted; macOS's ``._`` companions are not images."""
+    return sorted(
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file() and p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith("._")
+    )
+
+
+def images_by_name(folder: Path) -> dict[str, Path]:
+    """:func:`image_files` by name without its suffix (a case id for a folder of label maps)."""
+    return {strip_suffix(p.name): p for p in image_files(folder)}
+
+
 def resolve_inside(root: Path, rel: str, what: str) -> Path:
     """``root / rel`` that must stay inside ``root`` (after resolving links) and exist."""
     if not isinstance(rel, str) or not rel:

@@ -1,12 +1,10 @@
-"""Pieces shared by search and retrain: seeding, AMP, batches, logging, progress, Dice."""
+"""Pieces shared by search and retrain: seeding, AMP, batches, logging, Dice."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import random
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -120,47 +118,3 @@ class CsvLog:
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         self._write_all()
-
-
-class Reporter:
-    """Rich progress on a terminal (rank 0), plain lines otherwise, nothing with --quiet."""
-
-    def __init__(self, total: int, start: int, enabled: bool, quiet: bool, title: str):
-        self.enabled = enabled and not quiet
-        self.total, self.title = total, title
-        self.bar = None
-        self.started = time.monotonic()
-        self.start = start
-        if self.enabled and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(title, total=total, completed=start, info="")
-
-    def update(self, iteration: int, phase: str, info: str, line: bool) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(
-                self.task, completed=iteration + 1, description=f"{self.title} [{phase}]", info=info
-            )
-        elif line:
-            done = iteration + 1 - self.start
-            rate = done / max(time.monotonic() - self.started, 1e-9)
-            eta = (self.total - iteration - 1) / max(rate, 1e-9)
-            print(
-                f"{self.title} {iteration + 1}/{self.total} [{phase}] {info} eta {eta:.0f}s",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()

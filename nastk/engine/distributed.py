@@ -10,6 +10,7 @@ import torch
 import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
+from nastk.device import device_kind
 from nastk.errors import DataError
 
 
@@ -27,17 +28,6 @@ class Dist:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def device_kind(device: str | None) -> str:
-    """ "cpu" or "cuda": the one asked for (checked to exist), or whatever is available."""
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise DataError(f"--device: {device!r} is not cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda: no CUDA device is available to this torch build; use --device cpu")
-    return device
 
 
 TIMEOUT_ENV = "NASTK_DIST_TIMEOUT_MIN"
@@ -76,6 +66,13 @@ def setup(device: str | None = None) -> Dist:
         timeout = process_group_timeout()
         tdist.init_process_group(backend="nccl" if kind == "cuda" else "gloo", timeout=timeout)
     return Dist(rank, world, local, dev)
+
+
+def per_rank_batch(global_batch: int, world: int, field: str) -> int:
+    """Each rank's share of a global batch; it must split evenly."""
+    if global_batch % world:
+        raise DataError(f"{field}: global batch {global_batch} is not divisible by {world} processes")
+    return global_batch // world
 
 
 def wrap(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:

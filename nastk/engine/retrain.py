@@ -15,24 +15,21 @@ records the post-processing cross-validation chose.
 from __future__ import annotations
 
 import contextlib
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nastk import registry
+from nastk import checkpoint as ckpt
 from nastk.crossval import SPLITS_FILE, missing_predictions, prediction_file, update_postprocessing
 from nastk.data import augment
 from nastk.data.dataset import read_dataset
-from nastk.data.preprocess import load_case, pad_value, preprocess, restore_geometry
+from nastk.data.preprocess import load_case, pad_value, restore_geometry
 from nastk.data.sampler import PatchDataset, make_loader
-from nastk.engine import checkpoint as ckpt
 from nastk.engine import distributed as dd
 from nastk.engine.common import (
     CsvLog,
-    Reporter,
-    TrainingError,
     autocast,
     batch_generator,
     hard_dice,
@@ -41,18 +38,30 @@ from nastk.engine.common import (
     sgd,
     to_device,
 )
+from nastk.engine.loop import (
+    Loop,
+    StepResult,
+    guard_run,
+    is_due,
+    memory_columns,
+    prepared_cache,
+    resume_state,
+    save_checkpoint,
+    stop_if_not_finite,
+)
 from nastk.engine.options import RunOptions
 from nastk.engine.schedule import lr_lambda
-from nastk.engine.search import per_rank_batch
 from nastk.errors import DataError, NastkError
 from nastk.inference.predict import window_probabilities
 from nastk.inference.sliding_window import sliding_window_predict
 from nastk.inference.writer import write_label
-from nastk.io import atomic_write_text, make_dir, remove_stale_temps
+from nastk.io import atomic_write_text, make_dir
 from nastk.lock import run_lock
+from nastk.logs import logger, record, run_log, start_log_file
 from nastk.metrics.dice import dice_per_class, nan_mean
+from nastk.network import build_network, load_architecture, save_model
 from nastk.objective import build_losses
-from nastk.protocols import ChecksSpaceParams
+from nastk.progress import Reporter
 from nastk.spec import Spec, dump_spec
 
 
@@ -66,29 +75,6 @@ def parse_folds(fold: str, num_folds: int) -> list[int]:
     if not 0 <= k < num_folds:
         raise DataError(f"--fold: {k} is out of range; dataset.num_folds is {num_folds} (0..{num_folds - 1})")
     return [k]
-
-
-def load_architecture(spec: Spec, arch_path: Path):
-    space = registry.load("spaces", spec.space.name)
-    if not Path(arch_path).is_file():
-        raise DataError(
-            f"{arch_path}: architecture file not found (run `nastk search` or `nastk decode` first)"
-        )
-    arch = space.load_arch(arch_path)
-    problem = arch.spec_mismatch(spec.space.params) if isinstance(arch, ChecksSpaceParams) else None
-    if problem:
-        raise DataError(f"{arch_path}: {problem}")
-    missing = [o for o in arch.op_names if o not in registry.names("ops")]
-    if missing:
-        raise DataError(f"{arch_path}: uses ops that are not installed: {', '.join(missing)}")
-    return space, arch
-
-
-def build_network(spec: Spec, space, arch, filter_multiplier: float):
-    ops = registry.load_ops(arch.op_names)
-    return space.build_network(
-        arch, ops, spec.dataset.in_channels, spec.dataset.num_classes, filter_multiplier=filter_multiplier
-    )
 
 
 class OutOfFold:
@@ -160,7 +146,10 @@ def run_retrain(spec: Spec, arch_path: Path, fold: str, opts: RunOptions) -> lis
     folds = parse_folds(fold, spec.dataset.num_folds)
     dist = dd.setup(opts.device)
     try:
-        with run_lock(opts.out) if dist.is_main else contextlib.nullcontext():
+        with (
+            run_lock(opts.out) if dist.is_main else contextlib.nullcontext(),
+            run_log(opts.quiet, dist.is_main),
+        ):
             outs = [_retrain_fold(spec, space, arch, k, opts, dist) for k in folds]
             if dist.is_main:
                 info = read_dataset(spec.dataset.root, spec.dataset.format)
@@ -171,49 +160,129 @@ def run_retrain(spec: Spec, arch_path: Path, fold: str, opts: RunOptions) -> lis
         dd.teardown(dist)
 
 
-def _save_model(path: Path, net, arch, spec: Spec, fold: int, iteration: int, metric: float | None) -> None:
-    ckpt.save(
-        path,
-        {
-            "model": net.state_dict(),
-            "arch": arch.to_json(),
-            "space": spec.space.name,
-            "filter_multiplier": spec.retrain.filter_multiplier,
-            "in_channels": spec.dataset.in_channels,
-            "num_classes": spec.dataset.num_classes,
-            "fold": fold,
-            "iteration": iteration,
-            "val_dice": -1.0 if metric is None else metric,
-            "spec_hash": ckpt.spec_hash(spec),
-        },
-    )
-
-
 def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd.Dist) -> Path:
     r = spec.retrain
-    out = Path(opts.out) / "retrain" / f"fold_{fold}"
-    ckpt_path = out / "checkpoint.pt"
-    if dist.is_main:
-        for folder in (Path(opts.out), out):
-            remove_stale_temps(folder)
-        if ckpt_path.exists() and not opts.resume and not (out / "model_final.pt").exists():
-            raise NastkError(f"{ckpt_path}: a retrain already ran here; pass --resume to continue")
-        if (out / "model_final.pt").exists() and not opts.resume:
-            raise NastkError(f"{out / 'model_final.pt'}: fold {fold} is already trained; use another --out")
+    run = Path(opts.out)
+    out = run / "retrain" / f"fold_{fold}"
+    ckpt_path, final = out / "checkpoint.pt", out / "model_final.pt"
+    refusals = [
+        (
+            ckpt_path.exists() and not opts.resume and not final.exists(),
+            f"{ckpt_path}: a retrain already ran here; pass --resume to continue",
+        ),
+        (final.exists() and not opts.resume, f"{final}: fold {fold} is already trained; use another --out"),
+    ]
+    guard_run([run, out], refusals, dist)
     seed_everything(spec.seed + fold, opts.deterministic)
-    batch = per_rank_batch(spec.search.batch_size * r.batch_multiplier, dist.world_size, "retrain batch")
-    if dist.is_main:
-        cache = preprocess(spec.dataset, seed=spec.seed, quiet=opts.quiet)
-    dd.barrier(dist)
-    if not dist.is_main:
-        cache = preprocess(spec.dataset, seed=spec.seed, quiet=True)
+    batch = dd.per_rank_batch(spec.search.batch_size * r.batch_multiplier, dist.world_size, "retrain batch")
+    cache = prepared_cache(spec, dist, opts.quiet)
     split = cache.splits()[fold]
-    workers = opts.workers if opts.workers is not None else spec.dataset.num_workers
     ds = PatchDataset(
         cache.root, split["train"], tuple(r.patch_size), spec.dataset.fg_fraction, seed=spec.seed * 7 + fold
     )
     aug = augment.build(spec.dataset.augment)
+    parts = _retrain_parts(spec, space, arch, opts, dist)
+    total = r.warmup_iters + r.iters
+    info = read_dataset(spec.dataset.root, spec.dataset.format)
+    oof = OutOfFold(run, fold, {c.id: c.images[0] for c in info.training})
+    if opts.resume and final.exists():  # trained: only out-of-fold predictions may be missing
+        ckpt.restore(final, _final_state(final, spec), {"model": parts.net})
+        if dist.is_main:
+            _copy_into_run(cache.root, run)
+            start_log_file(run)
+        _finish_out_of_fold(parts.net, cache.root, split["val"], spec, dist, opts, oof)
+        return out
+    start, best = 0, -1.0
+    if opts.resume and ckpt_path.exists():
+        state, start = resume_state(ckpt_path, spec, parts.state(), ("best",), total)
+        best = ckpt.number(ckpt_path, state, "best")
+    if dist.is_main:  # predict and cross-validation need these, even where the training data is not at hand
+        _copy_into_run(cache.root, run)
+        start_log_file(run)
+        how = "resumed" if start else "started"
+        record(f"retrain fold {fold} {how} at iteration {start} of {total} in {out}")
+    if start >= total:  # killed between the last checkpoint and the final model
+        if dist.is_main:
+            save_model(final, parts.net, arch, spec, fold, total, None)
+        _finish_out_of_fold(parts.net, cache.root, split["val"], spec, dist, opts, oof)
+        return out
+    step = RetrainStep(spec, opts, dist, parts, aug, fold, best)
+    workers = opts.workers if opts.workers is not None else spec.dataset.num_workers
+    step.loader = iter(
+        make_loader(ds, batch, start * batch, (total - start) * batch, workers, dist.rank, dist.world_size)
+    )
+    _train_fold(spec, opts, dist, step, (start, total), arch, (cache.root, split["val"], oof))
+    return out
 
+
+def retrain_log_every(spec: Spec) -> int:
+    """``retrain.log_every``, or the search's where the spec leaves it unset (as before it existed)."""
+    return spec.retrain.log_every if spec.retrain.log_every is not None else spec.search.log_every
+
+
+def _train_fold(spec: Spec, opts: RunOptions, dist: dd.Dist, step, span, arch, validation) -> None:
+    """Iterations ``span`` of one fold with validation every ``retrain.val_every``, then the final model."""
+    (start, total), (cache_root, val_cases, oof) = span, validation
+    out = Path(opts.out) / "retrain" / f"fold_{step.fold}"
+    log = val_log = None
+    if dist.is_main:
+        make_dir(out)
+        if not (Path(opts.out) / "spec.yaml").exists():
+            atomic_write_text(Path(opts.out) / "spec.yaml", dump_spec(spec))
+        resumed = start - 1 if opts.resume else None
+        log = CsvLog(out / "log.csv", resume_from=resumed)
+        val_log = CsvLog(out / "val_metrics.csv", resume_from=resumed)
+
+    def checkpoint(iteration: int) -> None:
+        if dist.is_main:
+            save_checkpoint(out / "checkpoint.pt", spec, step.parts.state(), {"best": step.best}, iteration)
+        dd.barrier(dist)
+
+    def validate_if_due(it: int) -> None:
+        if not is_due(it, spec.retrain.val_every, total):
+            return
+        last = it + 1 == total  # the final model's validation is the out-of-fold prediction
+        rows = validate_on_ranks(
+            step.parts.net, cache_root, val_cases, spec, dist, opts.amp, oof if last else None
+        )
+        mean = nan_mean(row["dice"] for row in rows)[0]
+        if dist.is_main:
+            for row in rows:
+                val_log.append({"iteration": it, **row})
+        if mean > step.best:  # nan (no class anywhere) never is
+            step.best = mean
+            if dist.is_main:
+                save_model(out / "model_best.pt", step.parts.net, arch, spec, step.fold, it + 1, mean)
+
+    reporter = Reporter(total, start, dist.is_main, opts.quiet, f"retrain fold {step.fold}")
+    loop = Loop(
+        start, total, retrain_log_every(spec), spec.retrain.checkpoint_every, checkpoint, log, reporter
+    )
+    loop.after_step.append(validate_if_due)
+    loop.run(step)
+    if dist.is_main:
+        final = out / "model_final.pt"
+        save_model(final, step.parts.net, arch, spec, step.fold, total, None)
+        record(f"retrain fold {step.fold} finished: {final}, best validation Dice {step.best:.4f}")
+
+
+@dataclass
+class RetrainParts:
+    """The discrete network, its SGD optimiser, schedule and scaler, and the segmentation loss."""
+
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    seg: object
+
+    def state(self) -> dict[str, object]:
+        """What a checkpoint saves and a resume restores, by key."""
+        return {"model": self.net, "opt": self.opt, "sched": self.sched, "scaler": self.scaler}
+
+
+def _retrain_parts(spec: Spec, space, arch, opts: RunOptions, dist: dd.Dist) -> RetrainParts:
+    r = spec.retrain
     net = build_network(spec, space, arch, r.filter_multiplier).to(dist.device)
     if opts.channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
@@ -221,125 +290,50 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(r.warmup_iters, r.weights.lr_start, r.weights.lr, r.milestones, r.weights.gamma)
     )
-    scaler = make_scaler(dist.device, opts.amp)
     seg, _ = build_losses(spec.losses)
-    total = r.warmup_iters + r.iters
-    start, best = 0, -1.0
-    info = read_dataset(spec.dataset.root, spec.dataset.format)
-    oof = OutOfFold(Path(opts.out), fold, {c.id: c.images[0] for c in info.training})
-    final = out / "model_final.pt"
-    if opts.resume and final.exists():  # trained: only out-of-fold predictions may be missing
-        ckpt.restore(final, _final_state(final, spec), {"model": net})
-        if dist.is_main:
-            _copy_into_run(cache.root, Path(opts.out))
-        _finish_out_of_fold(net, cache.root, split["val"], spec, dist, opts, oof)
-        return out
-    if opts.resume and ckpt_path.exists():
-        parts = {"model": net, "opt": opt, "sched": sched, "scaler": scaler}
-        state = ckpt.load(ckpt_path, required=(*parts, "rng", "iteration", "best", "spec_hash"))
-        if state["spec_hash"] != ckpt.spec_hash(spec):
-            raise NastkError(
-                f"{ckpt_path}: the spec changed since this checkpoint; resume with the same spec"
-            )
-        start, best = ckpt.iteration(ckpt_path, state, total), ckpt.number(ckpt_path, state, "best")
-        ckpt.restore(ckpt_path, state, parts)
-        ckpt.restore_rng(ckpt_path, state)
-    if dist.is_main:  # predict and cross-validation need these, even where the training data is not at hand
-        _copy_into_run(cache.root, Path(opts.out))
-    if start >= total:  # killed between the last checkpoint and the final model
-        if dist.is_main:
-            _save_model(final, net, arch, spec, fold, total, None)
-        _finish_out_of_fold(net, cache.root, split["val"], spec, dist, opts, oof)
-        return out
-    model = dd.wrap(net, dist)
-    if opts.compile:  # checkpoints and validation keep using the eager `net`
-        model = torch.compile(model)
-    log = val_log = None
-    if dist.is_main:
-        make_dir(out)
-        atomic_write_text(Path(opts.out) / "spec.yaml", dump_spec(spec)) if not (
-            Path(opts.out) / "spec.yaml"
-        ).exists() else None
-        resumed = start - 1 if opts.resume else None
-        log = CsvLog(out / "log.csv", resume_from=resumed)
-        val_log = CsvLog(out / "val_metrics.csv", resume_from=resumed)
-    loader = iter(
-        make_loader(ds, batch, start * batch, (total - start) * batch, workers, dist.rank, dist.world_size)
-    )
+    return RetrainParts(net, opt, sched, make_scaler(dist.device, opts.amp), seg)
 
-    def save_checkpoint(iteration: int) -> None:
-        if dist.is_main:
-            ckpt.save(
-                ckpt_path,
-                {
-                    "model": net.state_dict(),
-                    "opt": opt.state_dict(),
-                    "sched": sched.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": ckpt.rng_state(),
-                    "iteration": iteration,
-                    "best": best,
-                    "spec_hash": ckpt.spec_hash(spec),
-                },
-            )
-        dd.barrier(dist)
 
-    reporter = Reporter(total, start, dist.is_main, opts.quiet, f"retrain fold {fold}")
-    try:
-        for it in range(start, total):
-            model.train()
-            x, y = to_device(next(loader), dist.device, opts.channels_last)
-            x, y = aug(x, y, batch_generator(spec.seed + fold, dist.rank, it, 3, dist.device))
-            opt.zero_grad(set_to_none=True)
-            with autocast(dist.device, opts.amp):
-                logits = model(x)
-                loss = seg.fn(logits.float(), y)
-            bad = not torch.isfinite(loss).item()
-            if dd.any_flag(bad, dist):
-                where = "" if bad else " on another rank"
-                raise TrainingError(
-                    f"iteration {it}: loss term 'L_seg' is not finite{where}; stopped, the last good "
-                    f"checkpoint is kept ({ckpt_path})"
-                )
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            lr = opt.param_groups[0]["lr"]
-            sched.step()
-            line = (it + 1) % spec.search.log_every == 0 or it + 1 == total
-            if dist.is_main and line:
-                row = {
-                    "iteration": it,
-                    "lr": lr,
-                    "L_seg": float(loss.detach()),
-                    "train_dice": hard_dice(logits.detach(), y, spec.dataset.num_classes),
-                }
-                if dist.device.type == "cuda":
-                    row["peak_mem_mb"] = torch.cuda.max_memory_allocated(dist.device) / 2**20
-                log.append(row)
-            # before the first validation there is no best score to show (not a score of 0)
-            shown = f" best val {best:.3f}" if best >= 0 else ""
-            reporter.update(it, "train", f"L_seg {float(loss.detach()):.3f}{shown}", line)
-            if (it + 1) % r.val_every == 0 or it + 1 == total:
-                last = it + 1 == total  # the final model's validation is the out-of-fold prediction
-                rows = validate_on_ranks(
-                    net, cache.root, split["val"], spec, dist, opts.amp, oof if last else None
-                )
-                mean = nan_mean(row["dice"] for row in rows)[0]
-                if dist.is_main:
-                    for row in rows:
-                        val_log.append({"iteration": it, **row})
-                if mean > best:  # nan (no class anywhere) never is
-                    best = mean
-                    if dist.is_main:
-                        _save_model(out / "model_best.pt", net, arch, spec, fold, it + 1, mean)
-            if (it + 1) % r.checkpoint_every == 0 or it + 1 == total:
-                save_checkpoint(it + 1)
-        if dist.is_main:
-            _save_model(final, net, arch, spec, fold, total, None)
-    finally:
-        reporter.close()
-    return out
+class RetrainStep:
+    """One retraining iteration: an SGD step on the fold's training patches. ``best`` is the best
+    validation Dice so far (-1 before the first validation)."""
+
+    def __init__(self, spec: Spec, opts: RunOptions, dist: dd.Dist, parts: RetrainParts, aug, fold, best):
+        self.spec, self.opts, self.dist, self.parts, self.aug = spec, opts, dist, parts, aug
+        self.fold, self.best = fold, best
+        self.ckpt_path = Path(opts.out) / "retrain" / f"fold_{fold}" / "checkpoint.pt"
+        self.model = dd.wrap(parts.net, dist)
+        if opts.compile:  # checkpoints and validation keep using the eager `net`
+            self.model = torch.compile(self.model)
+        self.loader = None  # the training batches, set once the start is known
+
+    def __call__(self, it: int, log: bool) -> StepResult:
+        p, dist = self.parts, self.dist
+        self.model.train()
+        x, y = to_device(next(self.loader), dist.device, self.opts.channels_last)
+        x, y = self.aug(x, y, batch_generator(self.spec.seed + self.fold, dist.rank, it, 3, dist.device))
+        p.opt.zero_grad(set_to_none=True)
+        with autocast(dist.device, self.opts.amp):
+            logits = self.model(x)
+            loss = p.seg.fn(logits.float(), y)
+        stop_if_not_finite(loss, it, dist, self.ckpt_path)
+        p.scaler.scale(loss).backward()
+        p.scaler.step(p.opt)
+        p.scaler.update()
+        lr = p.opt.param_groups[0]["lr"]
+        p.sched.step()
+        row = None
+        if dist.is_main and log:
+            row = {
+                "iteration": it,
+                "lr": lr,
+                "L_seg": float(loss.detach()),
+                "train_dice": hard_dice(logits.detach(), y, self.spec.dataset.num_classes),
+            }
+            row = memory_columns(row, dist.device)
+        # before the first validation there is no best score to show (not a score of 0)
+        shown = f" best val {self.best:.3f}" if self.best >= 0 else ""
+        return StepResult("train", f"L_seg {float(loss.detach()):.3f}{shown}", row)
 
 
 def _copy_into_run(cache_root: Path, run: Path) -> None:
@@ -361,7 +355,7 @@ def _finish_out_of_fold(net, cache_root: Path, cases: list[str], spec, dist, opt
     """Predict the validation cases that have no out-of-fold prediction yet (split over the ranks)."""
     # rank 0 looks and tells the others, so all split the same list whoever writes first
     missing = dd.gather(missing_predictions(oof.run, oof.fold, cases) if dist.is_main else [], dist)
-    if missing and dist.is_main and not opts.quiet:
-        print(f"fold {oof.fold}: predicting {len(missing)} missing out-of-fold case(s)", file=sys.stderr)
+    if missing and dist.is_main:
+        logger.info(f"fold {oof.fold}: predicting {len(missing)} missing out-of-fold case(s)")
     if missing:
         validate_on_ranks(net, cache_root, missing, spec, dist, opts.amp, oof)

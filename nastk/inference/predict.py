@@ -3,33 +3,32 @@ post-process, and write the label map in the case's original geometry."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nastk import registry
-from nastk.data.dataset import IMAGE_SUFFIXES, Case, read_dataset, strip_suffix
+from nastk.data.dataset import IMAGE_SUFFIXES, Case, image_files, read_dataset, strip_suffix
 from nastk.data.imageio import check_headers
 from nastk.data.preprocess import load_plan, pad_value, preprocess, process_case, restore_geometry
-from nastk.engine.checkpoint import load as load_checkpoint
-from nastk.engine.checkpoint import restore
-from nastk.engine.distributed import device_kind
-from nastk.errors import DataError, one_line
+from nastk.device import device_kind
+from nastk.errors import DataError
 from nastk.inference.ensemble import mean_probabilities, vote
 from nastk.inference.postprocess import POSTPROCESSING_FILE, largest_component, read_postprocessing
 from nastk.inference.sliding_window import sliding_window_predict
 from nastk.inference.writer import write_label
 from nastk.io import make_dir, remove_stale_temps
-from nastk.progress import track
-from nastk.protocols import SearchSpace
+from nastk.logs import record, run_log, start_log_file
+from nastk.network import network_from_model
+from nastk.progress import CaseBars
 from nastk.spec import Spec
 
 
 def input_cases(path: Path, num_channels: int) -> list[Case]:
     """Cases from a dataset.json (its test list) or a folder of images (CASE.nii.gz or CASE_0000.nii.gz)."""
     if path.name == "dataset.json" or (
-        path.is_dir() and (path / "dataset.json").exists() and not _images_in(path)
+        path.is_dir() and (path / "dataset.json").exists() and not image_files(path)
     ):
         info = read_dataset(path.parent if path.name == "dataset.json" else path)
         if not info.test:
@@ -37,7 +36,7 @@ def input_cases(path: Path, num_channels: int) -> list[Case]:
         return info.test
     if not path.is_dir():
         raise DataError(f"{path}: not a folder of images or a dataset.json")
-    files = _images_in(path)
+    files = image_files(path)
     if not files:
         raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)})")
     cases: dict[str, list[Path]] = {}
@@ -56,50 +55,6 @@ def input_cases(path: Path, num_channels: int) -> list[Case]:
             raise DataError(f"{path}: case {case_id} has {len(paths)} channel files, expected {num_channels}")
         out.append(Case(case_id, tuple(paths)))
     return out
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith("._")
-    )
-
-
-class _CaseBars:
-    """A bar over the cases and, on a terminal, one over each case's windows; plain lines otherwise."""
-
-    def __init__(self, total: int, quiet: bool):
-        import sys
-
-        self.total, self.quiet = total, quiet
-        self.rich = not quiet and sys.stderr.isatty()
-        self.progress = None
-
-    def cases(self, cases):
-        if not self.rich:
-            yield from track(cases, self.total, "predict", self.quiet)
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-        ) as p:
-            self.progress = p
-            overall = p.add_task("cases", total=self.total)
-            for case in cases:
-                yield case
-                p.advance(overall)
-
-    def windows(self, case_id: str):
-        if self.progress is None:
-            return None
-        task = self.progress.add_task(f"  {case_id}", total=None)
-
-        def update(done: int, total: int) -> None:
-            self.progress.update(task, completed=done, total=total, visible=done < total)
-
-        return update
 
 
 def window_probabilities(
@@ -155,37 +110,6 @@ def postprocessing_classes(spec: Spec, run: Path) -> tuple[list[int], str]:
     return classes, f"post-processing: largest component of class(es) {classes} (inference.largest_component)"
 
 
-MODEL_KEYS = ("model", "arch", "space", "in_channels", "num_classes", "filter_multiplier")
-
-
-def _fold_model(path: Path, spec_io: tuple[int, int], device: torch.device) -> torch.nn.Module:
-    """The network of a retrained model file, every failure one line naming the file."""
-    state = load_checkpoint(path, required=MODEL_KEYS)
-    space = registry.load("spaces", str(state["space"]))
-    if not isinstance(space, SearchSpace):
-        raise DataError(f"{path}: space {state['space']!r} cannot rebuild a network from a checkpoint")
-    try:
-        arch = space.load_arch_from_text(state["arch"])
-    except (DataError, ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
-        detail = one_line(exc).removeprefix("<checkpoint>: ")
-        raise DataError(f"{path}: 'arch' is not a valid architecture ({detail})") from None
-    io = (state["in_channels"], state["num_classes"])
-    if io != spec_io:
-        raise DataError(
-            f"{path}: the model takes {io[0]} channel(s) and predicts {io[1]} classes, the spec "
-            f"{spec_io[0]} and {spec_io[1]}"
-        )
-    ops = registry.load_ops(arch.op_names)
-    try:
-        net = space.build_network(
-            arch, ops, int(io[0]), int(io[1]), filter_multiplier=float(state["filter_multiplier"])
-        )
-    except (ValueError, TypeError, KeyError) as exc:
-        raise DataError(f"{path}: cannot build its network ({one_line(exc)})") from None
-    restore(path, state, {"model": net})
-    return net.to(device).eval()
-
-
 def load_fold_models(
     run: Path, folds: list[int] | None, which: str, device: torch.device, spec_io: tuple[int, int]
 ):
@@ -204,23 +128,25 @@ def load_fold_models(
     models = []
     for k in folds:
         path = root / f"fold_{k}" / f"model_{which}.pt"
-        models.append(_fold_model(path, spec_io, device))
+        models.append(network_from_model(path, spec_io, device))
     return folds, models
 
 
-def run_predict(
-    spec: Spec,
-    run: Path,
-    input_path: Path,
-    output: Path,
-    folds: list[int] | None = None,
-    which: str = "final",
-    resume: bool = False,
-    device: str | None = None,
-    quiet: bool = False,
-) -> list[Path]:
-    dev = torch.device(device_kind(device))
-    inf = spec.inference
+@dataclass(frozen=True)
+class PredictOptions:
+    """How `predict` runs: where it writes, which models it ensembles, and on what."""
+
+    output: Path
+    folds: list[int] | None = None  # None: every retrained fold
+    model: str = "final"  # "final" | "best": which model file of each fold
+    resume: bool = False  # keep the predictions already in `output`
+    device: str | None = None  # "cpu" | "cuda" | None (whatever is available)
+    quiet: bool = False
+
+
+def run_predict(spec: Spec, run: Path, input_path: Path, opts: PredictOptions) -> list[Path]:
+    output, quiet = opts.output, opts.quiet
+    dev = torch.device(device_kind(opts.device))
     if (Path(run) / "plan.json").is_file():  # written by retrain: no training data needed here
         plan, stats = load_plan(Path(run) / "plan.json")
     else:
@@ -230,12 +156,25 @@ def run_predict(
     for case in cases:
         check_headers(case.images, None, f"case {case.id}", spec.dataset.in_channels)
     spec_io = (spec.dataset.in_channels, spec.dataset.num_classes)
-    folds, models = load_fold_models(Path(run), folds, which, dev, spec_io)
-    classes, _ = postprocessing_classes(spec, Path(run))
+    folds, models = load_fold_models(Path(run), opts.folds, opts.model, dev, spec_io)
+    classes, post = postprocessing_classes(spec, Path(run))
     make_dir(output)  # after every check: a bad model leaves no empty output folder behind
     remove_stale_temps(output)
+    with run_log(quiet):
+        start_log_file(run)
+        record(
+            f"predict {len(cases)} case(s) from {input_path}, fold(s) {folds}, model_{opts.model}: {output}"
+        )
+        record(post)
+        return _predict_cases(spec, cases, models, (plan, stats), classes, opts, dev)
+
+
+def _predict_cases(spec: Spec, cases, models, plan_stats, classes, opts: PredictOptions, dev) -> list[Path]:
+    """Each case: preprocessed as in training, every fold's window probabilities, ensembled,
+    post-processed and written in the case's original geometry."""
+    inf, (plan, stats), output, resume = spec.inference, plan_stats, opts.output, opts.resume
     written = []
-    bar = _CaseBars(len(cases), quiet)
+    bar = CaseBars(len(cases), opts.quiet)
     for case in bar.cases(cases):
         target = Path(output) / f"{case.id}.nii.gz"
         if resume and target.exists():

@@ -15,137 +15,23 @@ Everything is computed before anything is written, so a bad input leaves no half
 
 from __future__ import annotations
 
-import csv
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from nastk import registry
-from nastk.crossval import choose, chosen_scores, fold_status, read_splits, score_folds
-from nastk.data.dataset import IMAGE_SUFFIXES, DatasetInfo, read_dataset, strip_suffix
-from nastk.engine import checkpoint as ckpt
-from nastk.errors import DataError, one_line
+from nastk.data.dataset import read_dataset
+from nastk.errors import DataError
 from nastk.io import atomic_write_text, make_dir
-from nastk.metrics import evaluate_files, evaluate_missing
-from nastk.metrics.evaluate import label_values
-from nastk.progress import track
-from nastk.protocols import Drawable, SearchSpace
-from nastk.report.cv import cv_leaderboard, postprocessing_label, write_cv
-from nastk.report.figures import GapRun, dice_distribution, gap_curves, search_curves
-from nastk.report.leaderboard import cases_frame, leaderboard, markdown_table, metric_columns, write_report
-from nastk.spec import Spec, load_spec
-
-DEFAULT_TOLERANCE_MM = 1.0
-
-
-MISSING_POLICIES = ("error", "empty")
-SCORED_EMPTY = "missing, scored as empty"
-
-
-def parse_tolerances(items: list[str]) -> dict[int, float]:
-    out = {}
-    for item in items:
-        try:
-            cls, mm = item.split("=")
-            label, value = int(cls), float(mm)
-        except ValueError:
-            raise DataError(f"--tolerance: {item!r} is not CLASS=MM, e.g. 1=2.0") from None
-        if not (math.isfinite(value) and value >= 0):
-            raise DataError(f"--tolerance: {item!r}: the tolerance must be a finite number of mm >= 0")
-        out[label] = value
-    return out
-
-
-def check_tolerance_classes(
-    tolerances: dict[int, float], classes: list[int], source: str, where: str
-) -> None:
-    """Every class given a tolerance is a foreground class of the task (``where`` names the option or
-    field, ``source`` the file the classes come from)."""
-    unknown = sorted(set(tolerances) - set(classes))
-    if unknown:
-        raise DataError(
-            f"{where}: class(es) {unknown} are not foreground classes of {source} "
-            f"(classes: {', '.join(map(str, classes)) or 'none'})"
-        )
-
-
-def _files(folder: Path) -> dict[str, Path]:
-    return {
-        strip_suffix(p.name): p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name.endswith(IMAGE_SUFFIXES) and not p.name.startswith("._")
-    }
-
-
-def references(ref: Path) -> tuple[dict[str, Path], dict[int, str], list[set[str]]]:
-    """Reference label files by case id: a folder of labels, or a dataset.json (labelsTr, and labelsTs
-    when present) with its declared labels; and the groups of cases that are scored together (a
-    dataset.json's training cases, its test cases; a folder's files)."""
-    if ref.name == "dataset.json" or (ref / "dataset.json").is_file():
-        info = read_dataset(ref.parent if ref.name == "dataset.json" else ref)
-        refs = {c.id: c.label for c in info.training}
-        groups = [set(refs)]
-        if (info.root / "labelsTs").is_dir():
-            test = _files(info.root / "labelsTs")
-            refs.update(test)
-            groups.append(set(test))
-        return refs, info.labels, groups
-    if not ref.is_dir():
-        raise DataError(f"{ref}: not a folder of labels or a dataset.json")
-    refs = _files(ref)
-    return refs, {}, [set(refs)]
-
-
-def evaluate_folder(
-    pred: Path,
-    ref: Path,
-    classes: list[int],
-    tolerances: dict[int, float],
-    quiet: bool,
-    missing: str = "error",
-) -> pd.DataFrame:
-    """Scores of every prediction in ``pred``; a ``prediction`` column says which cases had none.
-
-    The cases expected are every reference case of the groups the predictions fall in. Cases without
-    a prediction are an error, or with ``missing="empty"`` scored as empty predictions: silently
-    ranking over fewer cases would compare methods on different data.
-    """
-    if not pred.is_dir():
-        raise DataError(f"{pred}: predictions folder not found")
-    preds = _files(pred)
-    if not preds:
-        raise DataError(f"{pred}: no predictions")
-    refs, _, groups = references(ref)
-    extra = sorted(set(preds) - set(refs))
-    if extra:
-        raise DataError(f"case {extra[0]!r}: no reference label in {ref} ({len(extra)} case(s) missing)")
-    expected = set().union(*(g for g in groups if g & set(preds)))
-    absent = sorted(expected - set(preds))
-    if absent and missing != "empty":
-        shown = ", ".join(absent[:5]) + (", ..." if len(absent) > 5 else "")
-        raise DataError(
-            f"{pred}: no prediction for {len(absent)} of the {len(expected)} reference cases ({shown}); "
-            "predict them, or pass --missing empty to score them as empty predictions"
-        )
-    rows = []
-    tol = {c: tolerances.get(c, DEFAULT_TOLERANCE_MM) for c in classes}
-    for case_id in track(sorted(preds), len(preds), "evaluate", quiet):
-        scores = evaluate_files(preds[case_id], refs[case_id], classes, tol, case_id)
-        rows += [{**r, "prediction": "file"} for r in scores]
-    for case_id in absent:
-        scores = evaluate_missing(refs[case_id], classes, tol, case_id)
-        rows += [{**r, "prediction": SCORED_EMPTY} for r in scores]
-    return cases_frame(rows)
-
-
-def _spec_of(run: Path) -> Spec:
-    path = run / "spec.yaml"
-    if not path.is_file():
-        raise DataError(f"{run}: not a run directory (no spec.yaml)")
-    return load_spec(path)
+from nastk.protocols import Drawable
+from nastk.report.cv import cv_leaderboard, write_cv
+from nastk.report.figures import dice_distribution, gap_curves, search_curves
+from nastk.report.leaderboard import leaderboard, markdown_table, metric_columns, write_report
+from nastk.report.runs import _collect, _run_names, _RunParts
+from nastk.report.runs import gap_runs as gap_runs
+from nastk.report.scoring import MISSING_POLICIES as MISSING_POLICIES
+from nastk.report.scoring import _classes_in, check_tolerance_classes, evaluate_folder, references
+from nastk.report.scoring import parse_tolerances as parse_tolerances
 
 
 @dataclass
@@ -162,219 +48,21 @@ class Report:
         return self.paths[key]
 
 
-@dataclass
-class _RunParts:
-    """Everything one run contributes to a report, computed before anything is written."""
+@dataclass(frozen=True)
+class ReportOptions:
+    """How `report` runs: NSD tolerances, where it writes, the paper's rows, missing cases."""
 
-    run: Path
-    name: str
-    spec: Spec
-    info: DatasetInfo | None = None
-    arch: object | None = None
-    arch_row: dict = field(default_factory=dict)
-    cv: pd.DataFrame | None = None
-    decision: dict | None = None
-    test: pd.DataFrame | None = None
-    unlabelled: list[str] = field(default_factory=list)
-    gap: GapRun | None = None
-    skipped: list[str] = field(default_factory=list)
+    tolerances: dict[int, float] = field(default_factory=dict)  # NSD tolerance in mm by class
+    out: Path | None = None  # default: RUN/report for one run, ./report for several, next to --pred
+    reference: bool = False  # the paper's rows next to ours
+    task: str | None = None  # MSD task name for the paper's rows (default: the dataset's name)
+    quiet: bool = False
+    missing: str = "error"  # reference cases without a prediction: "error" or "empty"
 
 
-def _dataset_of(run: Path, spec: Spec) -> tuple[DatasetInfo | None, str | None]:
-    """The run's dataset, or None and why not (a moved run still reports its architecture)."""
-    if not spec.dataset.root:
-        return None, f"{run / 'spec.yaml'} sets no dataset.root, so there are no reference labels"
-    root = Path(spec.dataset.root)
-    if not root.exists():
-        return None, f"the dataset {root} (dataset.root in {run / 'spec.yaml'}) is not here"
-    return read_dataset(root, spec.dataset.format), None
-
-
-def _tolerances(run: Path, spec: Spec, info: DatasetInfo, tolerances: dict[int, float]) -> dict[int, float]:
-    classes = sorted(c for c in info.labels if c > 0)
-    source = str(info.root / "dataset.json")
-    spec_tol = {int(k): v for k, v in spec.dataset.nsd_tolerance.items()}
-    check_tolerance_classes(spec_tol, classes, source, f"{run / 'spec.yaml'}: dataset.nsd_tolerance")
-    check_tolerance_classes(tolerances, classes, source, "--tolerance")
-    merged = {**spec_tol, **tolerances}
-    return {c: merged.get(c, DEFAULT_TOLERANCE_MM) for c in classes}
-
-
-def _retrain_hint(run: Path, fold: int | str) -> str:
-    return (
-        f"`nastk retrain {run / 'spec.yaml'} --arch {run / 'arch.json'} --out {run} --fold {fold} --resume`"
-    )
-
-
-def _cross_validation(part: _RunParts, classes: list[int], tol: dict[int, float], quiet: bool) -> None:
-    run = part.run
-    if not any((run / "retrain").glob("fold_*/model_final.pt")):
-        part.skipped.append(f"cross-validation: no retrained fold in {run / 'retrain'} (run `nastk retrain`)")
-        return
-    splits = read_splits(run)
-    if splits is None:
-        part.skipped.append(
-            f"cross-validation: no {run / 'splits.json'} (retrained by an older nastk); "
-            f"{_retrain_hint(run, 'all')} writes it and the out-of-fold predictions"
-        )
-        return
-    status = fold_status(run, splits)
-    for s in status:
-        if s.trained and s.missing:
-            part.skipped.append(
-                f"cross-validation fold {s.fold}: {len(s.missing)} of {len(s.cases)} out-of-fold predictions "
-                f"missing, fold left out; {_retrain_hint(run, s.fold)} predicts them"
-            )
-    untrained = [s.fold for s in status if not s.trained]
-    if untrained:
-        part.skipped.append(f"cross-validation: fold(s) {untrained} not retrained, left out")
-    complete = [s.fold for s in status if s.complete]
-    if not complete:
-        return
-    if part.info is None:
-        part.skipped.append(f"cross-validation: {_no_dataset(part)}")
-        return
-    refs = {c.id: c.label for c in part.info.training}
-    part.cv = score_folds(run, splits, complete, refs, classes, tol, nsd=True, quiet=quiet)
-    part.decision = choose(part.cv)
-
-
-def _no_dataset(part: _RunParts) -> str:
-    return _dataset_of(part.run, part.spec)[1] or "no dataset"
-
-
-def _test_set(part: _RunParts, classes: list[int], tol: dict[int, float], quiet: bool, missing: str) -> None:
-    folder = part.run / "predictions"
-    preds = _files(folder) if folder.is_dir() else {}
-    if not preds:
-        part.skipped.append(f"test set: no predictions in {folder} (run `nastk predict`)")
-        return
-    if part.info is None:
-        part.unlabelled = sorted(preds)
-        part.skipped.append(f"test set scores: {_no_dataset(part)}")
-        return
-    refs, _, _ = references(part.info.root)
-    if not set(preds) & set(refs):
-        part.unlabelled = sorted(preds)
-        part.skipped.append(
-            f"test set scores: {part.info.root} has no labels for the {len(preds)} predicted cases"
-        )
-        return
-    part.test = evaluate_folder(folder, part.info.root, classes, tol, quiet, missing)
-
-
-def _search_part(part: _RunParts) -> None:
-    run, spec = part.run, part.spec
-    space = registry.load("spaces", spec.space.name)
-    arch_file = run / "arch.json"
-    trained = sorted((run / "retrain").glob("fold_*/model_final.pt"))
-    if arch_file.is_file():
-        part.arch = space.load_arch(arch_file)
-    elif trained and isinstance(space, SearchSpace):  # retrained from an arch.json kept elsewhere
-        text = ckpt.load(trained[0], required=("arch",))["arch"]
-        try:
-            part.arch = space.load_arch_from_text(text)
-        except (DataError, ValueError, TypeError, KeyError) as exc:
-            raise DataError(f"{trained[0]}: 'arch' is not a valid architecture ({one_line(exc)})") from None
-    else:
-        part.skipped.append(f"architecture: no {arch_file} (run `nastk search` or `nastk decode`)")
-    log = run / "search" / "log.csv"
-    if not (log.is_file() and log.stat().st_size):
-        part.skipped.append(f"search curves: no {log} (this run was not searched here)")
-    elif _has_gap(log):
-        part.gap = _gap_run(part.name, log, spec)
-
-
-def _run_names(runs: list[Path]) -> list[str]:
-    names: list[str] = []
-    for run in runs:
-        names.append(run.name if run.name not in names else str(run))
-    return names
-
-
-def _has_gap(log: Path) -> bool:
-    if not (log.is_file() and log.stat().st_size > 0):
-        return False
-    try:
-        return "gap" in pd.read_csv(log, nrows=0).columns
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{log}: not a readable search log ({one_line(exc)})") from None
-
-
-def gap_runs(runs: list[Path]) -> list[GapRun]:
-    """The runs with a search log of the gap G, for Fig. 8 (:func:`nastk.report.figures.gap_figure`)."""
-    logs = [(run / "search" / "log.csv", name) for run, name in zip(runs, _run_names(runs))]
-    return [_gap_run(name, log, _spec_of(log.parent.parent)) for log, name in logs if _has_gap(log)]
-
-
-def _last_logged(table: pd.DataFrame, column: str) -> float | None:
-    values = pd.to_numeric(table.get(column, pd.Series(dtype=float)), errors="coerce").dropna()
-    return float(values.iloc[-1]) if len(values) else None
-
-
-def _gap_run(name: str, log: Path, spec: Spec) -> GapRun:
-    """The search's memory constraint as it logged it: ``sigma_eff`` (the sigma it searched at, which a GB
-    budget stands for) and ``budget_gb``; neither without a memory constraint."""
-    topology = any(loss.name == "topology" and loss.weight > 0 for loss in spec.losses)
-    table = pd.read_csv(log)
-    return GapRun(name, log, _last_logged(table, "sigma_eff"), topology, _last_logged(table, "budget_gb"))
-
-
-def architecture_row(part: _RunParts) -> dict:
-    """Table 1 for a run: GMACs, parameters, estimated and measured retraining memory, and the
-    cross-validation DSC (percent, with the post-processing cross-validation chose)."""
-    from nastk.netstats import architecture_stats
-    from nastk.setting import spec_budget
-
-    row: dict = {"run": part.name}
-    if part.arch is not None:
-        stats = architecture_stats(part.spec, part.arch, spec_budget(part.spec))
-        stats.pop("path_cost", None)
-        row.update(stats)
-    peaks = []
-    for log in sorted((part.run / "retrain").glob("fold_*/log.csv")):
-        with log.open() as fh:
-            peaks += [float(x["peak_mem_mb"]) for x in csv.DictReader(fh) if x.get("peak_mem_mb")]
-    row["measured_peak_MB"] = max(peaks) if peaks else np.nan
-    if part.cv is not None:
-        labels = sorted(int(c) for c in part.cv["class"].unique())
-        scores = chosen_scores(part.cv, part.decision)
-        for i, lab in enumerate(labels, 1):
-            row[f"cv_DSC{i}"] = float(scores.loc[scores["class"] == lab, "dsc"].mean()) * 100
-        if len(labels) > 1:
-            row["cv_DSC avg"] = float(np.nanmean([row[f"cv_DSC{i}"] for i in range(1, len(labels) + 1)]))
-        row["cv_folds"] = int(part.cv["fold"].nunique())
-        row["cv_postprocessing"] = postprocessing_label(part.decision)
-    return row
-
-
-def _collect(run: Path, name: str, tolerances: dict[int, float], quiet: bool, missing: str) -> _RunParts:
-    spec = _spec_of(run)
-    part = _RunParts(run, name, spec)
-    part.info, _ = _dataset_of(run, spec)
-    _search_part(part)
-    if part.info is not None:
-        classes = sorted(c for c in part.info.labels if c > 0)
-        tol = _tolerances(run, spec, part.info, tolerances)
-    else:
-        classes, tol = list(range(1, spec.dataset.num_classes)), {}
-    _cross_validation(part, classes, tol, quiet)
-    _test_set(part, classes, tol, quiet, missing)
-    part.arch_row = architecture_row(part)
-    return part
-
-
-def run_report(
-    runs: list[Path],
-    pred: Path | None,
-    ref: Path | None,
-    tolerances: dict[int, float],
-    out: Path | None,
-    reference: bool,
-    task: str | None,
-    quiet: bool = False,
-    missing: str = "error",
-) -> Report:
+def run_report(runs: list[Path], pred: Path | None, ref: Path | None, opts: ReportOptions) -> Report:
+    tolerances, out, reference, task = opts.tolerances, opts.out, opts.reference, opts.task
+    quiet, missing = opts.quiet, opts.missing
     if missing not in MISSING_POLICIES:
         raise DataError(f"--missing: {missing!r} is not one of {', '.join(MISSING_POLICIES)}")
     if pred is not None:
@@ -526,13 +214,3 @@ def _same_cases(frames: dict[str, pd.DataFrame], runs: list[Path]) -> None:
                 f"{run / 'predictions'}: scored on {len(got)} cases, {first} on {len(cases[0])}; "
                 "methods ranked together must predict the same cases"
             )
-
-
-def _classes_in(pred: Path, refs: dict[str, Path]) -> list[int]:
-    """Without a dataset.json: the union of the label values in the predictions and the references."""
-    values: set[int] = set()
-    for case_id, path in _files(pred).items():
-        values |= label_values(path, "prediction", case_id)
-    for case_id, path in refs.items():
-        values |= label_values(path, "reference", case_id)
-    return sorted(values - {0})

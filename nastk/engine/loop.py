@@ -1,0 +1,138 @@
+"""The training-loop skeleton that search and retrain share.
+
+Both commands do the same around their steps: refuse to overwrite or to resume nothing, preprocess on
+rank 0 while the others wait, resume from a checkpoint made with the same spec, checkpoint every
+``checkpoint_every`` iterations and at the end, stop every rank together on a non-finite loss, and log
+a row every ``log_every`` iterations. What differs (the step and its schedule) is a :class:`Step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from nastk import checkpoint as ckpt
+from nastk.data.preprocess import preprocess
+from nastk.engine import distributed as dd
+from nastk.engine.common import CsvLog, TrainingError
+from nastk.errors import NastkError
+from nastk.io import remove_stale_temps
+from nastk.progress import Reporter
+from nastk.spec import Spec
+
+
+def guard_run(folders: list[Path], refusals: list[tuple[bool, str]], dist: dd.Dist) -> None:
+    """On rank 0: clear temporary files a killed run left, then refuse the first condition that holds."""
+    if not dist.is_main:
+        return
+    for folder in folders:
+        remove_stale_temps(folder)
+    for refused, message in refusals:
+        if refused:
+            raise NastkError(message)
+
+
+def prepared_cache(spec: Spec, dist: dd.Dist, quiet: bool):
+    """Rank 0 preprocesses (cached), the others wait and then find it done."""
+    if dist.is_main:
+        cache = preprocess(spec.dataset, seed=spec.seed, quiet=quiet)
+    dd.barrier(dist)
+    if not dist.is_main:
+        cache = preprocess(spec.dataset, seed=spec.seed, quiet=True)
+    return cache
+
+
+def resume_state(path: Path, spec: Spec, parts: dict[str, Any], extra: tuple[str, ...], total: int):
+    """Restore ``parts`` and every RNG from the checkpoint at ``path``; returns (state, start iteration).
+
+    A checkpoint of another spec is refused: resuming must give the uninterrupted run's result.
+    """
+    state = ckpt.load(path, required=(*parts, *extra, "rng", "iteration", "spec_hash"))
+    if state["spec_hash"] != ckpt.spec_hash(spec):
+        raise NastkError(f"{path}: the spec changed since this checkpoint; resume with the same spec")
+    start = ckpt.iteration(path, state, total)
+    ckpt.restore(path, state, parts)
+    ckpt.restore_rng(path, state)
+    return state, start
+
+
+def save_checkpoint(
+    path: Path, spec: Spec, parts: dict[str, Any], extra: dict[str, Any], iteration: int
+) -> None:
+    """Every part's state, every RNG, the iteration and the spec's hash, written atomically."""
+    state = {name: part.state_dict() for name, part in parts.items()}
+    state.update(rng=ckpt.rng_state(), iteration=iteration, **extra, spec_hash=ckpt.spec_hash(spec))
+    ckpt.save(path, state)
+
+
+def stop_if_not_finite(loss: torch.Tensor, iteration: int, dist: dd.Dist, ckpt_path: Path) -> None:
+    """Every rank stops together when the segmentation loss is not finite on any of them."""
+    bad = not torch.isfinite(loss).item()
+    if dd.any_flag(bad, dist):
+        where = "" if bad else " on another rank"
+        raise TrainingError(
+            f"iteration {iteration}: loss term 'L_seg' is not finite{where}; stopped, the last good "
+            f"checkpoint is kept ({ckpt_path})"
+        )
+
+
+def is_due(iteration: int, every: int, total: int) -> bool:
+    """True after every ``every``-th iteration and after the last."""
+    return (iteration + 1) % every == 0 or iteration + 1 == total
+
+
+def memory_columns(row: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The log row with the peak GPU memory so far, where there is a GPU."""
+    if device.type == "cuda":
+        row["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return row
+
+
+@dataclass
+class StepResult:
+    """What one iteration reports: its phase and progress text, and its log row when one is due."""
+
+    phase: str
+    info: str
+    row: dict[str, Any] | None = None
+
+
+class Step(Protocol):
+    """One training iteration; ``log`` says whether its log row is due (rows can cost a forward)."""
+
+    def __call__(self, iteration: int, log: bool) -> StepResult: ...
+
+
+@dataclass
+class Loop:
+    """The iterations ``start .. total-1`` of one run, with its cadences and where it writes."""
+
+    start: int
+    total: int
+    log_every: int
+    checkpoint_every: int
+    checkpoint: Callable[[int], None]  # saves at an iteration count (rank 0 writes, all ranks wait)
+    log: CsvLog | None  # rank 0 only
+    reporter: Reporter
+    after_step: list[Callable[[int], None]] = field(default_factory=list)  # e.g. validation
+
+    def run(self, step: Step) -> None:
+        try:
+            for it in range(self.start, self.total):
+                line = is_due(it, self.log_every, self.total)
+                result = step(it, line)
+                if self.log is not None and result.row is not None:
+                    self.log.append(result.row)
+                self.reporter.update(it, result.phase, result.info, line)
+                for hook in self.after_step:
+                    hook(it)
+                if is_due(it, self.checkpoint_every, self.total):
+                    self.checkpoint(it + 1)
+            if self.start >= self.total:  # a finished run resumed: its last checkpoint is written again
+                self.checkpoint(self.total)
+        finally:
+            self.reporter.close()
