@@ -75,18 +75,26 @@ def save_model(path: Path, net, arch, spec: Spec, fold: int, iteration: int, met
     )
 
 
+def architecture_from_model(path: Path, space, state: dict | None = None):
+    """The architecture a retrained model file was trained with (its ``arch`` text), read with its
+    space; ``state``: the file's contents when the caller has loaded them already."""
+    if not isinstance(space, SearchSpace):
+        raise DataError(f"{path}: this space cannot rebuild an architecture from a checkpoint")
+    if state is None:
+        state = load_checkpoint(path, required=("arch",))
+    try:
+        return space.load_arch_from_text(state["arch"])
+    except (DataError, ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+        detail = one_line(exc).removeprefix("<checkpoint>: ")
+        raise DataError(f"{path}: 'arch' is not a valid architecture ({detail})") from None
+
+
 def network_from_model(path: Path, spec_io: tuple[int, int], device: torch.device) -> torch.nn.Module:
     """The network of a retrained model file (see :func:`save_model`) in eval mode, every failure one line
     naming the file. ``spec_io``: the (channels, classes) the caller's spec expects."""
     state = load_checkpoint(path, required=MODEL_KEYS)
     space = registry.load("spaces", str(state["space"]))
-    if not isinstance(space, SearchSpace):
-        raise DataError(f"{path}: space {state['space']!r} cannot rebuild a network from a checkpoint")
-    try:
-        arch = space.load_arch_from_text(state["arch"])
-    except (DataError, ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
-        detail = one_line(exc).removeprefix("<checkpoint>: ")
-        raise DataError(f"{path}: 'arch' is not a valid architecture ({detail})") from None
+    arch = architecture_from_model(path, space, state)
     io = (state["in_channels"], state["num_classes"])
     if io != spec_io:
         raise DataError(

@@ -33,10 +33,15 @@ def _load_spec(path: Path):
     return resolved
 
 
-def _run_options(out_path: Path, **kw) -> object:
-    """RunOptions for search and retrain; ``amp`` checked here, where both commands pass it."""
+def _run_options(out_path: Path, flags: dict) -> object:
+    """RunOptions for search and retrain from a command's parameters (``locals()``): those named as its
+    fields, ``compile_net`` as ``compile``; ``amp`` checked here, where both commands pass it."""
+    from dataclasses import fields
+
     from nastk.engine.options import RunOptions
 
+    flags = {**flags, "compile": flags.get("compile_net", False)}
+    kw = {f.name: flags[f.name] for f in fields(RunOptions) if f.name in flags and f.name != "out"}
     if kw.get("amp") not in ("off", "bf16", "fp16"):
         raise DataError(f"--amp: {kw.get('amp')!r} is not one of off, bf16, fp16")
     return RunOptions(out=out_path, **kw)

@@ -46,18 +46,7 @@ def search(
 
     resolved = _load_spec(spec)
     run = out_path or Path("runs") / resolved.name
-    opts = _run_options(
-        run,
-        resume=resume,
-        quiet=quiet,
-        device=device,
-        amp=amp,
-        channels_last=channels_last,
-        checkpoint_cells=checkpoint_cells,
-        compile=compile_net,
-        deterministic=deterministic,
-        workers=workers,
-    )
+    opts = _run_options(run, locals())
     run_search(resolved, opts)
 
 
@@ -90,16 +79,6 @@ def retrain(
         raise DataError(f"--amp: {amp!r} is not one of off, bf16, fp16")
     load_architecture(resolved, arch)  # fail before writing anything
     parse_folds(fold, resolved.dataset.num_folds)
-    opts = _run_options(
-        out_path or arch.parent,
-        resume=resume,
-        quiet=quiet,
-        device=device,
-        amp=amp,
-        channels_last=channels_last,
-        compile=compile_net,
-        deterministic=deterministic,
-        workers=workers,
-    )
+    opts = _run_options(out_path or arch.parent, locals())
     for path in run_retrain(resolved, arch, fold, opts):
         out.print(f"fold done: {path}", highlight=False)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nastk import checkpoint as ckpt
 from nastk import registry
 from nastk.crossval import choose, chosen_scores, fold_status, read_splits, score_folds
 from nastk.data.dataset import DatasetInfo, images_by_name, read_dataset
 from nastk.errors import DataError, one_line
+from nastk.network import architecture_from_model
 from nastk.protocols import SearchSpace
 from nastk.report.cv import postprocessing_label
 from nastk.report.figures import GapRun
@@ -137,11 +137,7 @@ def _search_part(part: _RunParts) -> None:
     if arch_file.is_file():
         part.arch = space.load_arch(arch_file)
     elif trained and isinstance(space, SearchSpace):  # retrained from an arch.json kept elsewhere
-        text = ckpt.load(trained[0], required=("arch",))["arch"]
-        try:
-            part.arch = space.load_arch_from_text(text)
-        except (DataError, ValueError, TypeError, KeyError) as exc:
-            raise DataError(f"{trained[0]}: 'arch' is not a valid architecture ({one_line(exc)})") from None
+        part.arch = architecture_from_model(trained[0], space)
     else:
         part.skipped.append(f"architecture: no {arch_file} (run `nastk search` or `nastk decode`)")
     log = run / "search" / "log.csv"
