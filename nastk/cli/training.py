@@ -25,8 +25,8 @@ from nastk.errors import DataError
 LoggerOption = Annotated[
     str,
     typer.Option(
-        help="Also send the log rows to: csv (only the CSV), tensorboard (RUN/tensorboard) or mlflow "
-        "(MLFLOW_TRACKING_URI, else RUN/mlruns). Needs the extra: pip install 'nastk[tensorboard]'."
+        help="Also send log rows to tensorboard or mlflow (csv: the CSV only); each needs the extra of "
+        "its name (README)."
     ),
 ]
 
