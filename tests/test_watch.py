@@ -190,3 +190,17 @@ def test_mlflow_defaults_to_a_file_store_in_the_run(tmp_path, synth, monkeypatch
     run_search(spec, RunOptions(out=tmp_path / "run", quiet=True, logger="mlflow"))
     assert (tmp_path / "run" / "search" / "mlflow_run_id.txt").is_file()
     assert any((tmp_path / "run" / "mlruns").iterdir())
+
+
+def test_a_logger_whose_extra_is_missing_is_refused_with_the_install_line(monkeypatch):
+    import importlib.util
+
+    from nastk.errors import DataError
+    from nastk.trackers import check_logger
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    check_logger("csv")  # needs nothing
+    with pytest.raises(
+        DataError, match=r"--logger mlflow: mlflow is not installed; pip install 'nastk\[mlflow\]'"
+    ):
+        check_logger("mlflow")
