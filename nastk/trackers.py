@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,7 +34,7 @@ class Tracker(Protocol):
 
     def log_image(self, name: str, png: Path, step: int) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, ok: bool = True) -> None: ...
 
 
 class NullTracker:
@@ -45,7 +46,7 @@ class NullTracker:
     def log_image(self, name: str, png: Path, step: int) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         pass
 
 
@@ -101,7 +102,7 @@ class TensorBoardTracker:
         self.writer.add_image(name, pixels, step, dataformats="HWC")
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         self.writer.close()
 
 
@@ -148,8 +149,8 @@ class MlflowTracker:
     def log_image(self, name: str, png: Path, step: int) -> None:
         self.client.log_artifact(self.run_id, str(png), artifact_path=f"{name}/iteration_{step}")
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, ok: bool = True) -> None:
+        self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
 
 
 def mlflow_tracking_uri(run: Path) -> str:
@@ -176,3 +177,18 @@ def open_tracker(kind: str, run: Path, stage: str, stage_dir: Path, experiment: 
             mlflow_tracking_uri(run), experiment, stage, Path(stage_dir) / MLFLOW_RUN_ID_FILE
         )
     raise DataError(f"--logger: {kind!r} is not one of {', '.join(LOGGERS)}")
+
+
+@contextmanager
+def tracking(
+    kind: str, run: Path, stage: str, stage_dir: Path, experiment: str, main: bool
+) -> Iterator[Tracker]:
+    """:func:`open_tracker` on the main rank (the others send nothing), closed when the stage ends; a stage
+    that fails closes it as failed (MLflow shows the run as FAILED)."""
+    tracker = open_tracker(kind, run, stage, stage_dir, experiment) if main else NullTracker()
+    try:
+        yield tracker
+    except BaseException:
+        tracker.close(ok=False)
+        raise
+    tracker.close()

@@ -204,3 +204,25 @@ def test_a_logger_whose_extra_is_missing_is_refused_with_the_install_line(monkey
         DataError, match=r"--logger mlflow: mlflow is not installed; pip install 'nastk\[mlflow\]'"
     ):
         check_logger("mlflow")
+
+
+def test_a_failed_stage_closes_its_tracker_as_failed(monkeypatch, tmp_path):
+    import nastk.trackers as trackers
+
+    closed = []
+
+    class Recorder(NullTracker):
+        def close(self, ok: bool = True) -> None:
+            closed.append(ok)
+
+    monkeypatch.setattr(trackers, "open_tracker", lambda *args: Recorder())
+    with trackers.tracking("mlflow", tmp_path, "search", tmp_path, "x", main=True):
+        pass
+    with (
+        pytest.raises(RuntimeError),
+        trackers.tracking("mlflow", tmp_path, "search", tmp_path, "x", main=True),
+    ):
+        raise RuntimeError("killed")
+    with trackers.tracking("mlflow", tmp_path, "search", tmp_path, "x", main=False) as other_rank:
+        assert type(other_rank) is NullTracker
+    assert closed == [True, False]

@@ -63,7 +63,7 @@ from nastk.network import build_network, load_architecture, save_model
 from nastk.objective import build_losses
 from nastk.progress import Reporter
 from nastk.spec import Spec, dump_spec
-from nastk.trackers import NullTracker, open_tracker
+from nastk.trackers import tracking
 
 PROGRESS_FIGURE = "progress.png"
 
@@ -260,19 +260,13 @@ def _train_fold(spec: Spec, opts: RunOptions, dist: dd.Dist, step, span, arch, v
                 save_model(out / "model_best.pt", step.parts.net, arch, spec, step.fold, it + 1, mean)
 
     reporter = Reporter(total, start, dist.is_main, opts.quiet, f"retrain fold {step.fold}")
-    stage = f"fold_{step.fold}"
-    tracker = (
-        open_tracker(opts.logger, Path(opts.out), stage, out, spec.name) if dist.is_main else NullTracker()
-    )
-    every = retrain_log_every(spec)
-    loop = Loop(
-        start, total, every, spec.retrain.checkpoint_every, checkpoint, log, reporter, tracker=tracker
-    )
-    loop.after_step.append(validate_if_due)
-    try:
+    stage, every = f"fold_{step.fold}", retrain_log_every(spec)
+    with tracking(opts.logger, Path(opts.out), stage, out, spec.name, dist.is_main) as tracker:
+        loop = Loop(
+            start, total, every, spec.retrain.checkpoint_every, checkpoint, log, reporter, tracker=tracker
+        )
+        loop.after_step.append(validate_if_due)
         loop.run(step)
-    finally:
-        tracker.close()
     if dist.is_main:
         final = out / "model_final.pt"
         save_model(final, step.parts.net, arch, spec, step.fold, total, None)

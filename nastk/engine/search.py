@@ -61,7 +61,7 @@ from nastk.progress import Reporter
 from nastk.protocols import Diagnoses, Drawable, NeedsSetting, ReportsDiagnostics
 from nastk.setting import retrain_setting, spec_budget, uses_gb_budget
 from nastk.spec import Spec, dump_spec
-from nastk.trackers import NullTracker, Tracker, open_tracker
+from nastk.trackers import Tracker, tracking
 
 
 def phase_of(iteration: int, s) -> str:
@@ -162,14 +162,11 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
     reporter = Reporter(total, start, dist.is_main, opts.quiet, "search")
     if dist.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dist.device)
-    tracker = open_tracker(opts.logger, run, "search", out, spec.name) if dist.is_main else NullTracker()
-    try:
+    with tracking(opts.logger, run, "search", out, spec.name, dist.is_main) as tracker:
         loop = Loop(start, total, s.log_every, s.checkpoint_every, checkpoint, log, reporter, tracker=tracker)
         loop.run(step)
         if dist.is_main:
             _decode_and_track(spec, run, opts, tracker, total)
-    finally:
-        tracker.close()
     return run
 
 
