@@ -3,7 +3,8 @@
 Filters and batch are the search's times ``retrain.filter_multiplier`` and
 ``retrain.batch_multiplier`` (paper: x2, x2); 1k warm-up then 40k iterations, LR x0.5 at
 [8k, 16k, 24k, 32k] after the warm-up. Each fold validates with sliding-window Dice on its
-validation cases every ``val_every`` iterations and keeps the best and the final model.
+validation cases every ``val_every`` iterations and keeps the best and the final model; each validation
+redraws ``progress.png`` and sends its Dice to the run's tracker (``--logger``).
 
 The fold's last validation is its out-of-fold prediction: `predict`'s pipeline (the spec's inference
 settings) on every validation case, written in the case's original geometry without post-processing to
