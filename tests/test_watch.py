@@ -115,8 +115,9 @@ def test_search_logs_time_and_sends_rows_and_architecture_to_tensorboard(tmp_pat
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, spec = tiny_spec(tmp_path, synth)
-    run_search(spec, RunOptions(out=tmp_path / "run", quiet=True, logger="tensorboard"))
+    path, _ = tiny_spec(tmp_path, synth)
+    res = run_cli("search", path, "--out", tmp_path / "run", "--quiet", "--logger", "tensorboard")
+    assert res.returncode == 0, res.stderr
     rows = read_rows(tmp_path / "run" / "search" / "log.csv")
     _assert_time_columns(rows, 8)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "search"), size_guidance={"scalars": 0})
