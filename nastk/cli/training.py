@@ -22,6 +22,20 @@ from nastk.cli.common import (
 )
 from nastk.errors import DataError
 
+LoggerOption = Annotated[
+    str,
+    typer.Option(
+        help="Also send log rows to tensorboard or mlflow (csv: the CSV only); each needs the extra of "
+        "its name (README)."
+    ),
+]
+
+
+def _check_logger(name: str) -> None:
+    from nastk.trackers import check_logger  # unknown, or its extra not installed: before any work
+
+    check_logger(name)
+
 
 @app.command()
 def search(
@@ -40,10 +54,12 @@ def search(
     compile_net: Annotated[bool, CompileOption] = False,
     deterministic: DeterministicOption = False,
     workers: WorkersOption = None,
+    logger: LoggerOption = "csv",
 ) -> None:
     """Differentiable topology + cell search (Sec. 3.6), then decode to RUN/arch.json."""
     from nastk.engine.search import run_search
 
+    _check_logger(logger)
     resolved = _load_spec(spec)
     run = out_path or Path("runs") / resolved.name
     opts = _run_options(run, locals())
@@ -69,10 +85,12 @@ def retrain(
     compile_net: Annotated[bool, CompileOption] = False,
     deterministic: DeterministicOption = False,
     workers: WorkersOption = None,
+    logger: LoggerOption = "csv",
 ) -> None:
     """Retrain the discrete network of an arch.json on one fold or all (Sec. 4.1)."""
     from nastk.engine.retrain import load_architecture, parse_folds, run_retrain
 
+    _check_logger(logger)
     resolved = _load_spec(spec)
     amp = amp or resolved.retrain.amp
     if amp not in ("off", "bf16", "fp16"):  # before load_architecture: fail before any work

@@ -4,10 +4,15 @@ Both commands do the same around their steps: refuse to overwrite or to resume n
 rank 0 while the others wait, resume from a checkpoint made with the same spec, checkpoint every
 ``checkpoint_every`` iterations and at the end, stop every rank together on a non-finite loss, and log
 a row every ``log_every`` iterations. What differs (the step and its schedule) is a :class:`Step`.
+
+Every log row gets two wall-clock columns, ``time`` (seconds since the run started, continued across
+``--resume`` from the last logged time) and ``s_per_it`` (seconds per iteration since the previous row,
+validation included), and goes to the run's tracker as well as to the CSV.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +28,7 @@ from nastk.errors import NastkError
 from nastk.io import remove_stale_temps
 from nastk.progress import Reporter
 from nastk.spec import Spec
+from nastk.trackers import NullTracker, Tracker
 
 
 def guard_run(folders: list[Path], refusals: list[tuple[bool, str]], dist: dd.Dist) -> None:
@@ -92,6 +98,33 @@ def memory_columns(row: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return row
 
 
+def logged_time(log: CsvLog | None) -> float:
+    """The ``time`` of the last row a resumed log kept (0 for a new log, or one from before the column)."""
+    if log is None or not log.rows:
+        return 0.0
+    try:
+        return float(log.rows[-1].get("time") or 0.0)
+    except ValueError:
+        return 0.0
+
+
+class RunClock:
+    """Wall-clock seconds of a run, continued from ``offset`` (the last logged time of a resumed run)."""
+
+    def __init__(self, offset: float, first_iteration: int, now: Callable[[], float] = time.monotonic):
+        self._now = now
+        self._started = now()
+        self._offset = offset
+        self._last_time, self._last_iteration = offset, first_iteration - 1
+
+    def columns(self, iteration: int) -> dict[str, float]:
+        """``time`` and ``s_per_it`` for a row logged after ``iteration`` (counting from the previous row)."""
+        elapsed = self._offset + self._now() - self._started
+        per_it = (elapsed - self._last_time) / max(1, iteration - self._last_iteration)
+        self._last_time, self._last_iteration = elapsed, iteration
+        return {"time": elapsed, "s_per_it": per_it}
+
+
 @dataclass
 class StepResult:
     """What one iteration reports: its phase and progress text, and its log row when one is due."""
@@ -119,14 +152,18 @@ class Loop:
     log: CsvLog | None  # rank 0 only
     reporter: Reporter
     after_step: list[Callable[[int], None]] = field(default_factory=list)  # e.g. validation
+    tracker: Tracker = field(default_factory=NullTracker)  # rank 0's rows also go here
 
     def run(self, step: Step) -> None:
+        clock = RunClock(logged_time(self.log), self.start)
         try:
             for it in range(self.start, self.total):
                 line = is_due(it, self.log_every, self.total)
                 result = step(it, line)
                 if self.log is not None and result.row is not None:
-                    self.log.append(result.row)
+                    row = {**result.row, **clock.columns(it)}
+                    self.log.append(row)
+                    self.tracker.log_row(row, it)
                 self.reporter.update(it, result.phase, result.info, line)
                 for hook in self.after_step:
                     hook(it)

@@ -18,3 +18,4 @@ class RunOptions:
     compile: bool = False  # torch.compile the training forward (mainly for GPUs)
     deterministic: bool = False
     workers: int | None = None  # data-loader workers (default: dataset.num_workers)
+    logger: str = "csv"  # "csv" | "tensorboard" | "mlflow": where log rows go besides the CSV

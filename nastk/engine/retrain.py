@@ -3,7 +3,8 @@
 Filters and batch are the search's times ``retrain.filter_multiplier`` and
 ``retrain.batch_multiplier`` (paper: x2, x2); 1k warm-up then 40k iterations, LR x0.5 at
 [8k, 16k, 24k, 32k] after the warm-up. Each fold validates with sliding-window Dice on its
-validation cases every ``val_every`` iterations and keeps the best and the final model.
+validation cases every ``val_every`` iterations and keeps the best and the final model; each validation
+redraws ``progress.png`` and sends its Dice to the run's tracker (``--logger``).
 
 The fold's last validation is its out-of-fold prediction: `predict`'s pipeline (the spec's inference
 settings) on every validation case, written in the case's original geometry without post-processing to
@@ -63,6 +64,9 @@ from nastk.network import build_network, load_architecture, save_model
 from nastk.objective import build_losses
 from nastk.progress import Reporter
 from nastk.spec import Spec, dump_spec
+from nastk.trackers import tracking
+
+PROGRESS_FIGURE = "progress.png"
 
 
 def parse_folds(fold: str, num_folds: int) -> list[int]:
@@ -249,21 +253,42 @@ def _train_fold(spec: Spec, opts: RunOptions, dist: dd.Dist, step, span, arch, v
         if dist.is_main:
             for row in rows:
                 val_log.append({"iteration": it, **row})
+            tracker.log_row(validation_row(rows), it)
+            _draw_progress(out, log, val_log, step.fold)
         if mean > step.best:  # nan (no class anywhere) never is
             step.best = mean
             if dist.is_main:
                 save_model(out / "model_best.pt", step.parts.net, arch, spec, step.fold, it + 1, mean)
 
     reporter = Reporter(total, start, dist.is_main, opts.quiet, f"retrain fold {step.fold}")
-    loop = Loop(
-        start, total, retrain_log_every(spec), spec.retrain.checkpoint_every, checkpoint, log, reporter
-    )
-    loop.after_step.append(validate_if_due)
-    loop.run(step)
+    stage, every = f"fold_{step.fold}", retrain_log_every(spec)
+    with tracking(opts.logger, Path(opts.out), stage, out, spec.name, dist.is_main) as tracker:
+        loop = Loop(
+            start, total, every, spec.retrain.checkpoint_every, checkpoint, log, reporter, tracker=tracker
+        )
+        loop.after_step.append(validate_if_due)
+        loop.run(step)
     if dist.is_main:
         final = out / "model_final.pt"
         save_model(final, step.parts.net, arch, spec, step.fold, total, None)
         record(f"retrain fold {step.fold} finished: {final}, best validation Dice {step.best:.4f}")
+
+
+def validation_row(rows: list[dict]) -> dict[str, float]:
+    """One validation for a tracker: the mean Dice (``val_dice``) and each class's mean over the cases."""
+    row = {"val_dice": nan_mean(r["dice"] for r in rows)[0]}
+    for c in sorted({r["class"] for r in rows}):
+        row[f"val_dice_class_{c}"] = nan_mean(r["dice"] for r in rows if r["class"] == c)[0]
+    return row
+
+
+def _draw_progress(out: Path, log: CsvLog, val_log: CsvLog, fold: int) -> None:
+    """``progress.png`` from the fold's logs so far, redrawn at each validation."""
+    from nastk.report.figures import progress_curves
+
+    progress_curves(
+        log.rows, val_log.rows, out / PROGRESS_FIGURE, title=f"{out.parent.parent.name}: fold {fold}"
+    )
 
 
 @dataclass

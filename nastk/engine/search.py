@@ -61,6 +61,7 @@ from nastk.progress import Reporter
 from nastk.protocols import Diagnoses, Drawable, NeedsSetting, ReportsDiagnostics
 from nastk.setting import retrain_setting, spec_budget, uses_gb_budget
 from nastk.spec import Spec, dump_spec
+from nastk.trackers import Tracker, tracking
 
 
 def phase_of(iteration: int, s) -> str:
@@ -161,13 +162,22 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
     reporter = Reporter(total, start, dist.is_main, opts.quiet, "search")
     if dist.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dist.device)
-    Loop(start, total, s.log_every, s.checkpoint_every, checkpoint, log, reporter).run(step)
-    if dist.is_main:
-        arch = decode_run(spec, run)
-        record(f"search finished; decoded architecture in {run / 'arch.json'}:\n{arch.summary()}")
-        if not opts.quiet:
-            print(arch.summary())
+    with tracking(opts.logger, run, "search", out, spec.name, dist.is_main) as tracker:
+        loop = Loop(start, total, s.log_every, s.checkpoint_every, checkpoint, log, reporter, tracker=tracker)
+        loop.run(step)
+        if dist.is_main:
+            _decode_and_track(spec, run, opts, tracker, total)
     return run
+
+
+def _decode_and_track(spec: Spec, run: Path, opts: RunOptions, tracker: Tracker, iteration: int) -> None:
+    """Decode the search, and send the architecture's picture (where the search space draws one)."""
+    arch = decode_run(spec, run)
+    record(f"search finished; decoded architecture in {run / 'arch.json'}:\n{arch.summary()}")
+    if isinstance(arch, Drawable):  # decode_run drew it
+        tracker.log_image("architecture", run / "arch.png", iteration)
+    if not opts.quiet:
+        print(arch.summary())
 
 
 def _search_datasets(spec: Spec, cache) -> tuple[PatchDataset, PatchDataset]:

@@ -4,7 +4,8 @@ PNG atomically.
 * :func:`search_curves`: a search ``log.csv`` over iterations;
 * :func:`gap_curves`: the discretization gap G of several searches in one plot, styled as Fig. 8 of the
   paper (colour: the memory constraint sigma; dashed: with topology loss, solid: without);
-* :func:`dice_distribution`: per-class DSC and NSD over cases, per method.
+* :func:`dice_distribution`: per-class DSC and NSD over cases, per method;
+* :func:`progress_curves`: a retraining fold's ``progress.png`` (loss, train and validation Dice, speed, LR).
 """
 
 from __future__ import annotations
@@ -352,3 +353,62 @@ def dice_distribution(
     else:
         fig.suptitle(f"Per-case scores by class (n={n_of(cases)} cases)", fontsize=10)
     return _save(fig, out_png)
+
+
+def _column(rows: Sequence[Mapping[str, object]], key: str) -> np.ndarray:
+    """A column of CSV-like rows as floats; missing or empty cells are nan (gaps in a plot)."""
+    return pd.to_numeric(pd.Series([r.get(key) for r in rows], dtype=object), errors="coerce").to_numpy(float)
+
+
+def validation_means(val_rows: Sequence[Mapping[str, object]]) -> tuple[np.ndarray, np.ndarray]:
+    """(iteration, mean Dice over cases and classes) of each validation in ``val_metrics.csv``'s rows;
+    a validation whose Dice are all nan (no class anywhere) has none."""
+    if not val_rows:
+        return np.zeros(0), np.zeros(0)
+    df = pd.DataFrame({"iteration": _column(val_rows, "iteration"), "dice": _column(val_rows, "dice")})
+    means = df.dropna(subset=["iteration"]).groupby("iteration")["dice"].mean()
+    return means.index.to_numpy(float), means.to_numpy(float)
+
+
+def progress_figure(
+    log_rows: Sequence[Mapping[str, object]], val_rows: Sequence[Mapping[str, object]], title: str
+) -> Figure:
+    """A fold's training at a glance, as nnU-Net draws it: the loss with the train and validation Dice on a
+    second axis, then the seconds per iteration (where logged) and the learning rate, against iteration."""
+    it = _column(log_rows, "iteration")
+    per_it = _column(log_rows, "s_per_it")
+    panels = ["loss", *(["speed"] if np.isfinite(per_it).any() else []), "lr"]
+    fig = Figure(figsize=(9, 1.2 + 2.3 * len(panels)), layout="constrained")
+    axes = dict(zip(panels, fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]))
+    for ax in axes.values():
+        ax.grid(True, alpha=0.3, lw=0.6)
+
+    loss_ax = axes["loss"]
+    handles = loss_ax.plot(it, _column(log_rows, "L_seg"), color="C0", lw=1.3, label="loss (L_seg)")
+    loss_ax.set_ylabel("loss")
+    dice_ax = loss_ax.twinx()
+    handles += dice_ax.plot(it, _column(log_rows, "train_dice"), color="C2", lw=1.0, label="train Dice")
+    val_it, val_dice = validation_means(val_rows)
+    handles += dice_ax.plot(val_it, val_dice, "o-", color="C3", lw=1.3, ms=4, label="validation Dice")
+    dice_ax.set_ylim(0, 1.02)
+    dice_ax.set_ylabel("Dice")
+    loss_ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.09, 1.0), fontsize=8, frameon=False)
+    if "speed" in axes:
+        axes["speed"].plot(it, per_it, color="C4", lw=1.0)
+        axes["speed"].set_ylabel("s / iteration")
+        axes["speed"].set_ylim(bottom=0)
+    axes["lr"].plot(it, _column(log_rows, "lr"), color="0.35", lw=1.0)
+    axes["lr"].set_ylabel("learning rate")
+    axes["lr"].set_xlabel("iteration")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def progress_curves(
+    log_rows: Sequence[Mapping[str, object]],
+    val_rows: Sequence[Mapping[str, object]],
+    out_png: str | Path,
+    title: str = "training progress",
+) -> Path:
+    """Write :func:`progress_figure` to ``out_png`` atomically (a viewer never sees half a file)."""
+    return _save(progress_figure(log_rows, val_rows, title), out_png)
