@@ -9,6 +9,7 @@ argmax are the caller's, as ``inference.json`` describes them.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -60,11 +61,16 @@ def example_windows(spec: Spec, batch: int = 2) -> torch.Tensor:
 
 def save_torchscript(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     """Scripted where the network allows it (any shape), else traced on ``example`` (the patch)."""
-    try:
-        module = torch.jit.script(net)
-    except Exception:  # scripting rejects much ordinary Python; tracing records what one forward does
-        module = torch.jit.trace(net, example, check_trace=False)
-    module.save(str(path))
+    with warnings.catch_warnings():
+        # TorchScript's deprecation notice, and the tracer's note on Python branches: those branches pick
+        # a kernel by shape and device (plugins/dints kernels.py), and the batch of 2 traced takes the
+        # plain conv3d, which runs anywhere.
+        warnings.simplefilter("ignore")
+        try:
+            module = torch.jit.script(net)
+        except Exception:  # scripting rejects much ordinary Python; tracing records what one forward does
+            module = torch.jit.trace(net, example, check_trace=False)
+        module.save(str(path))
 
 
 def save_pt2(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -102,10 +108,12 @@ def normalization_entries(plan: Plan, stats: dict[int, dict[str, float]]) -> lis
             entry.update(stats[c])
             entry["formula"] = "(clip(x, lo, hi) - mean) / max(std, 1e-8)"
         elif scheme == "zscore":
-            entry["formula"] = "(x - mean(x)) / std(x) over the whole cropped image"
+            entry["formula"] = "(x - mean(x)) / max(std(x), 1e-8) over the whole cropped image"
         else:
-            entry["formula"] = "(x - mean) / std over the nonzero voxels of the case"
-            entry["outside_nonzero"] = "0" if scheme == "zscore_nonzero" else "kept"
+            entry["formula"] = "(x - mean) / max(std, 1e-8), mean and std over the nonzero voxels"
+            entry["outside_nonzero"] = "0" if scheme == "zscore_nonzero" else "normalised like the rest"
+        # What a window gets where it leaves the image: what the outside of the crop box would have.
+        entry["pad"] = "0" if scheme in ("ct", "zscore_nonzero") else "-mean / std"
         entries.append(entry)
     return entries
 
@@ -153,7 +161,7 @@ def inference_description(spec: Spec, run: Path, folds: list[int], fmt: str, whi
             "gaussian_min_weight": 1e-3,
             "batch_size": inf.batch_size,
             "flip_tta": inf.flip_tta,
-            "pad": "axes shorter than the patch: floor half before, the rest after, with 0",
+            "pad": "axes shorter than the patch: floor(half) before, the rest after, with each channel's pad",
         },
         "ensemble": inf.ensemble,
         "classes": class_names(spec, plan),
