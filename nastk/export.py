@@ -9,6 +9,7 @@ argmax are the caller's, as ``inference.json`` describes them.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -82,18 +83,41 @@ def save_pt2(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
 
 def save_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     """ONNX (opset of the installed exporter) with a free batch axis; needs the ``export`` extra."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise DataError("--format onnx needs the onnx package: pip install 'nastk[export]'") from None
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exporter_log.setLevel(logging.ERROR)  # its notes on torchvision ops a segmentation network never uses
+        try:
+            _onnx_export(net, example, path, batch)
+        finally:
+            exporter_log.setLevel(level)
+
+
+def _onnx_export(net: torch.nn.Module, example: torch.Tensor, path: Path, batch) -> None:
     torch.onnx.export(
         net,
         (example,),
         str(path),
         input_names=["windows"],
         output_names=["logits"],
-        dynamic_axes={"windows": {0: "batch"}, "logits": {0: "batch"}},
+        dynamic_shapes=({0: batch},),
+        external_data=False,  # one file per fold: weights inside the model
+        verbose=False,
     )
+
+
+def check_format(fmt: str) -> None:
+    """A known format whose exporter is installed (ONNX is the optional ``export`` extra)."""
+    if fmt not in FORMATS:
+        raise DataError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        import importlib.util
+
+        missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise DataError(f"--format onnx needs {', '.join(missing)}: pip install 'nastk[export]'")
 
 
 SAVERS = {"torchscript": save_torchscript, "pt2": save_pt2, "onnx": save_onnx}
@@ -174,8 +198,7 @@ def export_run(
 ) -> list[Path]:
     """Each chosen fold's network into ``out/fold_K/`` in ``fmt``, and ``out/inference.json``; the
     files written. Every check happens before anything is written."""
-    if fmt not in FORMATS:
-        raise DataError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    check_format(fmt)
     run = Path(run)
     folds = folds_to_export(run, fold, which)
     description = inference_description(spec, run, folds, fmt, which)

@@ -23,7 +23,18 @@ NO_NASTK = "import sys; sys.modules['nastk'] = None; sys.modules['nastk_dints'] 
 LOADERS = {
     "torchscript": "net = torch.jit.load(sys.argv[1])",
     "pt2": "net = torch.export.load(sys.argv[1]).module()",
+    "onnx": "import onnxruntime\n"
+    "session = onnxruntime.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+    "net = lambda x: torch.from_numpy(session.run(None, {'windows': x.numpy()})[0])",
 }
+
+
+def onnx_installed() -> bool:
+    """The optional `export` extra: onnx, onnxscript (torch's exporter) and onnxruntime."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
+
 
 RUN_ONE = """
 import torch
@@ -53,6 +64,8 @@ def exported(retrained, tmp_path_factory):
     _, _, run = retrained
     out = {}
     for fmt in LOADERS:
+        if fmt == "onnx" and not onnx_installed():
+            continue
         target = tmp_path_factory.mktemp(f"export_{fmt}")
         res = run_cli("export", run, "--format", fmt, "--out", target)
         assert res.returncode == 0, res.stderr
@@ -62,6 +75,9 @@ def exported(retrained, tmp_path_factory):
 
 @pytest.mark.parametrize("fmt", list(LOADERS))
 def test_exported_network_matches_nastk_forward_without_nastk(fmt, retrained, exported, tmp_path):
+    if fmt == "onnx":  # the only optional format
+        for name in ("onnx", "onnxscript", "onnxruntime"):
+            pytest.importorskip(name)
     _, _, run = retrained
     spec = load_spec(run / "spec.yaml")
     info = json.loads((exported[fmt] / "inference.json").read_text())
