@@ -172,6 +172,7 @@ def inference_description(spec: Spec, run: Path, folds: list[int], fmt: str, whi
         },
         "preprocessing": {
             "orientation": CANONICAL,
+            "orientation_convention": "ITK/DICOM: the identity direction (nibabel's axis codes L, P, S)",
             "spacing": list(plan.spacing),
             "resampling": {"image": "cubic B-spline", "label": "nearest"},
             "crop_nonzero": plan.crop_nonzero,
@@ -187,9 +188,16 @@ def inference_description(spec: Spec, run: Path, folds: list[int], fmt: str, whi
             "flip_tta": inf.flip_tta,
             "pad": "axes shorter than the patch: floor(half) before, the rest after, with each channel's pad",
         },
-        "ensemble": inf.ensemble,
+        "ensemble": {
+            "method": inf.ensemble,
+            "rule": "vote: per voxel the label most folds chose, ties to the lower label"
+            if inf.ensemble == "vote"
+            else "mean: argmax of the folds' mean blended probabilities",
+        },
         "classes": class_names(spec, plan),
-        "postprocessing": {"largest_component": classes, "source": source},
+        "postprocessing": {"largest_component": classes, "connectivity": 26, "source": source},
+        "output_geometry": "labels pasted into the crop box (0 outside), resampled to the original grid with "
+        "nearest neighbour, in the original orientation",
     }
 
 

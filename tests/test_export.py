@@ -217,7 +217,7 @@ def test_sliding_window_from_inference_json_matches_nastk_predict(retrained, tmp
     export_run(load_spec(run / "spec.yaml"), run, export_dir, "torchscript")
     info = json.loads((export_dir / "inference.json").read_text())
     pre, window = info["preprocessing"], info["sliding_window"]
-    assert not window["flip_tta"] and info["ensemble"] == "vote"
+    assert not window["flip_tta"] and info["ensemble"]["method"] == "vote"
     # A case already in the canonical orientation (LPS) at the plan's spacing, so no resampling is needed;
     # a zero margin exercises the crop to the nonzero region.
     source = np.asarray(nib.load(root / "imagesTs" / "synth_100.nii.gz").dataobj, dtype=np.float32)
