@@ -20,8 +20,11 @@ def export(
     model: Annotated[str, typer.Option(help="Which model of each fold: final or best.")] = "final",
     spec: Annotated[Path | None, typer.Option(help="Spec (default RUN/spec.yaml).")] = None,
 ) -> None:
-    """Each fold's network (TorchScript, torch.export or ONNX) and inference.json: spacing, orientation,
-    normalisation, windows, classes and post-processing, everything needed to use it without nastk."""
+    """Each fold's network as a file that runs without nastk, and inference.json.
+
+    Formats: TorchScript, torch.export (pt2) or ONNX.
+    inference.json: spacing, orientation, normalisation, windows, classes and
+    post-processing, all needed to use the network as `nastk predict` does."""
     from nastk.export import export_run
 
     if model not in ("final", "best"):
