@@ -130,6 +130,9 @@ def test_bad_runs_get_one_line_and_exit_2(retrained, tmp_path):
     assert len(none.stderr.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
     missing = run_cli("export", run, "--format", "torchscript", "--fold", "7", "--out", tmp_path / "c")
     assert missing.returncode == 2 and "--fold" in missing.stderr
+    not_a_run = run_cli("export", tmp_path / "nowhere", "--format", "pt2", "--out", tmp_path / "d")
+    assert not_a_run.returncode == 2 and "spec.yaml" in not_a_run.stderr
+    assert len(not_a_run.stderr.strip().splitlines()) == 1
 
 
 # ------------------------------------------- a sliding window from inference.json alone, against predict
@@ -246,3 +249,14 @@ def test_sliding_window_from_inference_json_matches_nastk_predict(retrained, tmp
     ours[box] = labels
     assert set(np.unique(expected)) == {0, 1, 2}  # the comparison is not trivially all background
     np.testing.assert_array_equal(ours, expected)
+
+
+def test_one_fold_and_its_best_model(retrained, tmp_path):
+    from nastk.export import export_run
+
+    _, _, run = retrained
+    written = export_run(load_spec(run / "spec.yaml"), run, tmp_path, "torchscript", fold="1", which="best")
+    assert [p.relative_to(tmp_path).as_posix() for p in written] == ["fold_1/model.ts", "inference.json"]
+    info = json.loads((tmp_path / "inference.json").read_text())
+    assert info["models"] == [{"fold": 1, "file": "fold_1/model.ts", "from": "model_best.pt"}]
+    assert not (tmp_path / "fold_0").exists()
