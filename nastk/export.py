@@ -57,7 +57,8 @@ def folds_to_export(run: Path, fold: str, which: str = "final") -> list[int]:
 
 def example_windows(spec: Spec, batch: int = 2) -> torch.Tensor:
     """A batch of windows of the inference patch: what tracing and export run the network on."""
-    return torch.randn(batch, spec.dataset.in_channels, *spec.inference.patch_size)
+    generator = torch.Generator().manual_seed(0)  # the caller's random state stays as it was
+    return torch.randn(batch, spec.dataset.in_channels, *spec.inference.patch_size, generator=generator)
 
 
 def save_torchscript(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
