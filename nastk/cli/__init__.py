@@ -10,7 +10,7 @@ import sys
 
 # Importing the command modules registers their commands on the app, in this order (the order of --help).
 # isort: off
-from nastk.cli import specs, architectures, data, training, results  # noqa: F401
+from nastk.cli import specs, architectures, data, training, results, export  # noqa: F401
 
 # isort: on
 from nastk.cli.common import _print_error, app
