@@ -9,6 +9,7 @@ import typer
 
 from nastk.cli.common import (
     DeviceOption,
+    ModelFile,
     app,
     out,
 )
@@ -25,18 +26,18 @@ def predict(
         Path | None, typer.Option(help="Where to write CASE.nii.gz (default RUN/predictions).")
     ] = None,
     folds: Annotated[str | None, typer.Option(help="Comma-separated folds (default: all retrained).")] = None,
-    model: Annotated[str, typer.Option(help="Which model of each fold: final or best.")] = "final",
+    model: Annotated[ModelFile, typer.Option(help="Which model file of each fold.")] = ModelFile.final,
     spec: Annotated[Path | None, typer.Option(help="Spec (default RUN/spec.yaml).")] = None,
     resume: Annotated[bool, typer.Option("--continue", help="Skip cases already predicted.")] = False,
     device: DeviceOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Sliding-window inference with the fold ensemble; NIfTI out in each case's original geometry."""
+    from nastk.device import check_device_text
     from nastk.inference.predict import PredictOptions, run_predict
     from nastk.spec import load_spec
 
-    if model not in ("final", "best"):
-        raise DataError(f"--model: {model!r} is not final or best")
+    check_device_text(device)
     try:
         fold_list = [int(k) for k in folds.split(",")] if folds else None
     except ValueError:
@@ -44,7 +45,7 @@ def predict(
     from nastk.inference.predict import postprocessing_classes
 
     resolved = load_spec(spec or run / "spec.yaml")
-    options = PredictOptions(output or run / "predictions", fold_list, model, resume, device, quiet)
+    options = PredictOptions(output or run / "predictions", fold_list, model.value, resume, device, quiet)
     written = run_predict(resolved, run, input_path, options)
     out.print(postprocessing_classes(resolved, run)[1], markup=False, highlight=False, soft_wrap=True)
     out.print(f"{len(written)} predictions in {output or run / 'predictions'}", highlight=False)

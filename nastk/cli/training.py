@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from nastk.cli.common import (
+    Amp,
     AmpOption,
     ChannelsLastOption,
     CompileOption,
@@ -16,6 +17,7 @@ from nastk.cli.common import (
     QuietOption,
     WorkersOption,
     _load_spec,
+    _plain,
     _run_options,
     app,
     out,
@@ -32,7 +34,7 @@ def search(
     resume: Annotated[bool, typer.Option(help="Continue from RUN/search/checkpoint.pt.")] = False,
     quiet: QuietOption = False,
     device: DeviceOption = None,
-    amp: AmpOption = "off",
+    amp: AmpOption = Amp.off,
     channels_last: ChannelsLastOption = False,
     checkpoint_cells: Annotated[
         bool, typer.Option(help="Recompute cells in backward to save memory.")
@@ -62,8 +64,8 @@ def retrain(
     quiet: QuietOption = False,
     device: DeviceOption = None,
     amp: Annotated[
-        str | None,
-        typer.Option(help="Mixed precision: off, bf16 or fp16 (with a grad scaler); default: retrain.amp."),
+        Amp | None,
+        typer.Option(help="Mixed precision (fp16 with a grad scaler); default: retrain.amp."),
     ] = None,
     channels_last: ChannelsLastOption = False,
     compile_net: Annotated[bool, CompileOption] = False,
@@ -71,10 +73,12 @@ def retrain(
     workers: WorkersOption = None,
 ) -> None:
     """Retrain the discrete network of an arch.json on one fold or all (Sec. 4.1)."""
+    from nastk.device import check_device_text
     from nastk.engine.retrain import load_architecture, parse_folds, run_retrain
 
     resolved = _load_spec(spec)
-    amp = amp or resolved.retrain.amp
+    check_device_text(device)
+    amp = _plain(amp) or resolved.retrain.amp
     if amp not in ("off", "bf16", "fp16"):  # before load_architecture: fail before any work
         raise DataError(f"--amp: {amp!r} is not one of off, bf16, fp16")
     load_architecture(resolved, arch)  # fail before writing anything

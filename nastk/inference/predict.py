@@ -12,7 +12,7 @@ import torch
 from nastk.data.dataset import IMAGE_SUFFIXES, Case, image_files, read_dataset, strip_suffix
 from nastk.data.imageio import check_headers
 from nastk.data.preprocess import load_plan, pad_value, preprocess, process_case, restore_geometry
-from nastk.device import device_kind
+from nastk.device import resolve_device
 from nastk.errors import DataError
 from nastk.inference.ensemble import mean_probabilities, vote
 from nastk.inference.postprocess import POSTPROCESSING_FILE, largest_component, read_postprocessing
@@ -140,13 +140,13 @@ class PredictOptions:
     folds: list[int] | None = None  # None: every retrained fold
     model: str = "final"  # "final" | "best": which model file of each fold
     resume: bool = False  # keep the predictions already in `output`
-    device: str | None = None  # "cpu" | "cuda" | None (whatever is available)
+    device: str | None = None  # "cpu" | "cuda" | "cuda:N" | None (whatever is available)
     quiet: bool = False
 
 
 def run_predict(spec: Spec, run: Path, input_path: Path, opts: PredictOptions) -> list[Path]:
     output, quiet = opts.output, opts.quiet
-    dev = torch.device(device_kind(opts.device))
+    dev = resolve_device(opts.device)
     if (Path(run) / "plan.json").is_file():  # written by retrain: no training data needed here
         plan, stats = load_plan(Path(run) / "plan.json")
     else:

@@ -1,0 +1,99 @@
+"""CLI habits of nnU-Net users (issue 16, part 3): --version, choices listed in --help, a strict --device,
+--set overrides, NASTK_CACHE and relative roots, nnU-Net splits, predict's --save-probabilities and
+--disable-tta. The CLI runs in this process, as in test_bad_inputs.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nastk import __version__
+from nastk.device import check_device_text, resolve_device
+from nastk.errors import DataError
+
+
+def nastk(capfd, *args) -> tuple[int, str, str]:
+    from nastk.cli import main
+
+    capfd.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def test_version_prints_the_package_version(capfd):
+    code, out, _ = nastk(capfd, "--version")
+    assert code == 0 and out.strip() == f"nastk {__version__}"
+
+
+def test_help_offers_completion_and_lists_choices(capfd, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = nastk(capfd, "--help")
+    assert code == 0 and "--install-completion" in out and "--version" in out
+    _, out, _ = nastk(capfd, "search", "--help")
+    assert "off|bf16|fp16" in out
+    _, out, _ = nastk(capfd, "predict", "--help")
+    assert "final|best" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["search", "x.yaml", "--amp", "fp8"], "--amp"),
+        (["retrain", "x.yaml", "--arch", "a.json", "--amp", "fp8"], "--amp"),
+        (["predict", "run", "--input", "in", "--model", "last"], "--model"),
+    ],
+)
+def test_a_choice_outside_the_enum_exits_2(capfd, args, needle):
+    code, _, err = nastk(capfd, *args)
+    assert code == 2 and needle in err
+
+
+@pytest.mark.parametrize("text", ["gpu", "tpu", "cuda0", "cuda:", "cuda:-1", "CPU", "cuda:1:2"])
+def test_device_text_is_cpu_cuda_or_cuda_index(text):
+    with pytest.raises(DataError, match="is not cpu, cuda or cuda:N"):
+        check_device_text(text)
+
+
+@pytest.mark.parametrize("text", [None, "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_good_device_texts_pass(text):
+    check_device_text(text)
+
+
+def test_cuda_without_cuda_is_refused_for_cuda_and_an_index(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == torch.device("cpu")
+    for text in ("cuda", "cuda:0"):
+        with pytest.raises(DataError, match=f"--device {text}: no CUDA device"):
+            resolve_device(text)
+
+
+def test_cuda_index_selects_that_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(DataError, match="there is no cuda:2; this machine has 2"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("command", ["search", "predict"])
+@pytest.mark.parametrize("device", ["gpu", "cuda", "cuda:0"])
+def test_bad_device_exits_2_with_one_line(capfd, monkeypatch, tmp_path, command, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("seed: 1\n")
+    args = {
+        "search": ["search", spec, "--out", tmp_path / "run"],
+        "predict": ["predict", tmp_path, "--spec", spec, "--input", tmp_path],
+    }[command]
+    code, out, err = nastk(capfd, *args, "--device", device)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "--device" in err and device in err, err
+    assert "Traceback" not in out + err
+    assert not (tmp_path / "run").exists()
