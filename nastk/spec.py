@@ -394,12 +394,23 @@ def validate(data: Any, file: str = "<spec>") -> Spec:
     return spec
 
 
-def load_spec(path: str | Path) -> Spec:
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """The validated spec of a file, with ``--set key.path=value`` overrides applied and validated again."""
     path = Path(path)
     data = parse_yaml(read_spec_text(path), str(path))
     if data is None:
         raise SpecError(str(path), [("", "the file is empty; a spec is a YAML mapping (see nastk validate)")])
-    return validate(data, str(path))
+    spec = validate(data, str(path))
+    return with_overrides(spec, overrides, str(path)) if overrides else spec
+
+
+def with_overrides(spec: Spec, overrides: list[str] | tuple[str, ...], file: str) -> Spec:
+    from nastk.spec_overrides import apply_override, parse_override
+
+    data = json.loads(spec.model_dump_json())  # every default written out, as RUN/spec.yaml has it
+    for text in overrides:
+        apply_override(data, *parse_override(text, file), file)
+    return validate(data, f"{file} with --set")  # the table then says the value came from the command line
 
 
 def dump_spec(spec: Spec) -> str:

@@ -97,3 +97,75 @@ def test_bad_device_exits_2_with_one_line(capfd, monkeypatch, tmp_path, command,
     assert len(err.strip().splitlines()) == 1 and "--device" in err and device in err, err
     assert "Traceback" not in out + err
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------- --set
+
+
+def _spec_file(tmp_path, text="search:\n  batch_size: 4\n"):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_set_overrides_fields_in_and_out_of_the_file(capfd, tmp_path):
+    import yaml
+
+    path = _spec_file(tmp_path)
+    code, out, err = nastk(
+        capfd,
+        "validate",
+        path,
+        "--set",
+        "search.batch_size=2",
+        "--set",
+        "retrain.patch_size=[64, 64, 32]",
+        "--set",
+        "losses[4].params.sigma=0.6",
+        "--set",
+        "dataset.root=data/Task",
+    )
+    assert code == 0, err
+    resolved = yaml.safe_load(out.split("\n", 1)[1])  # what RUN/spec.yaml would hold (dump_spec)
+    assert resolved["search"]["batch_size"] == 2
+    assert resolved["retrain"]["patch_size"] == [64, 64, 32]
+    assert resolved["losses"][4]["params"]["sigma"] == 0.6
+    assert resolved["dataset"]["root"] == "data/Task"
+    assert resolved["name"] == "s"
+
+
+def test_the_last_set_of_a_field_wins_and_without_set_nothing_changes(tmp_path):
+    from nastk.spec import dump_spec, load_spec
+
+    path = _spec_file(tmp_path)
+    assert load_spec(path, ["seed=3", "seed=5"]).seed == 5
+    assert dump_spec(load_spec(path, [])) == dump_spec(load_spec(path))
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("search.batch_size=0", ["search.batch_size", "greater than or equal to 1"]),
+        ("search.bogus=1", ["search.bogus", "Extra inputs"]),
+        ("retrain.amp=fp8", ["retrain.amp"]),
+        ("search.batch_size.x=1", ["search.batch_size.x", "not a mapping"]),
+        ("losses[9].weight=1", ["losses[9]", "list of 5"]),
+        ("search.batch_size", ["--set search.batch_size", "KEY.PATH=VALUE"]),
+        ("search..lr=1", ["dotted field path"]),
+        ("seed=[1, 2", ["not valid YAML"]),
+    ],
+)
+def test_a_bad_set_is_a_spec_error_exit_2(capfd, tmp_path, monkeypatch, override, needles):
+    monkeypatch.setenv("COLUMNS", "200")
+    path = _spec_file(tmp_path)
+    code, out, err = nastk(capfd, "validate", path, "--set", override)
+    assert code == 2, out + err
+    assert "Traceback" not in err and str(path.name) in err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize("command", ["search", "retrain", "predict", "validate"])
+def test_set_is_offered_where_a_spec_is_read(capfd, command):
+    _, out, _ = nastk(capfd, command, "--help")
+    assert "--set" in out

@@ -66,11 +66,12 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
-def _load_spec(path: Path):
-    """Load and validate a spec; print what it warns about on stderr (e.g. a budget that never binds)."""
+def _load_spec(path: Path, overrides: list[str] | None = None):
+    """Load and validate a spec with its --set overrides; print what it warns about on stderr (e.g. a
+    budget that never binds)."""
     from nastk.spec import load_spec
 
-    resolved = load_spec(path)
+    resolved = load_spec(path, overrides or ())
     for field, message in resolved.warnings:
         err.print(f"warning: {path}: {field}: {message}", markup=False, highlight=False, soft_wrap=True)
     return resolved
@@ -96,6 +97,16 @@ AmpOption = Annotated[Amp, typer.Option(help="Mixed precision (fp16 with a grad 
 DeviceOption = Annotated[
     str | None,
     typer.Option(help="cpu, cuda or cuda:N (default: cuda where available, else cpu)."),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY.PATH=VALUE",
+        help="Override a spec field for this run, e.g. --set search.batch_size=2 or --set "
+        "losses[4].params.sigma=0.6 (repeatable; YAML values, validated like the file; RUN/spec.yaml "
+        "records the result).",
+    ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")]
 ChannelsLastOption = Annotated[bool, typer.Option(help="channels_last_3d memory format.")]

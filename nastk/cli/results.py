@@ -10,6 +10,7 @@ import typer
 from nastk.cli.common import (
     DeviceOption,
     ModelFile,
+    SetOption,
     app,
     out,
 )
@@ -31,6 +32,7 @@ def predict(
     resume: Annotated[bool, typer.Option("--continue", help="Skip cases already predicted.")] = False,
     device: DeviceOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    set_fields: SetOption = None,
 ) -> None:
     """Sliding-window inference with the fold ensemble; NIfTI out in each case's original geometry."""
     from nastk.device import check_device_text
@@ -44,7 +46,7 @@ def predict(
         raise DataError(f"--folds: {folds!r} is not a comma-separated list of fold indices") from None
     from nastk.inference.predict import postprocessing_classes
 
-    resolved = load_spec(spec or run / "spec.yaml")
+    resolved = load_spec(spec or run / "spec.yaml", set_fields or ())
     options = PredictOptions(output or run / "predictions", fold_list, model.value, resume, device, quiet)
     written = run_predict(resolved, run, input_path, options)
     out.print(postprocessing_classes(resolved, run)[1], markup=False, highlight=False, soft_wrap=True)

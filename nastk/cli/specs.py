@@ -11,6 +11,7 @@ from rich.table import Table
 
 from nastk import registry
 from nastk.cli.common import (
+    SetOption,
     _load_spec,
     app,
     out,
@@ -18,11 +19,13 @@ from nastk.cli.common import (
 
 
 @app.command()
-def validate(spec: Annotated[Path, typer.Argument(help="Spec YAML file.")]) -> None:
+def validate(
+    spec: Annotated[Path, typer.Argument(help="Spec YAML file.")], set_fields: SetOption = None
+) -> None:
     """Validate a spec and print it resolved, with every default filled in."""
     from nastk.spec import dump_spec
 
-    resolved = _load_spec(spec)
+    resolved = _load_spec(spec, set_fields)
     out.print(f"[green]valid[/green]: {spec}", highlight=False)
     out.print(dump_spec(resolved), markup=False, highlight=False, end="")
 

@@ -15,6 +15,7 @@ from nastk.cli.common import (
     DeterministicOption,
     DeviceOption,
     QuietOption,
+    SetOption,
     WorkersOption,
     _load_spec,
     _plain,
@@ -42,11 +43,12 @@ def search(
     compile_net: Annotated[bool, CompileOption] = False,
     deterministic: DeterministicOption = False,
     workers: WorkersOption = None,
+    set_fields: SetOption = None,
 ) -> None:
     """Differentiable topology + cell search (Sec. 3.6), then decode to RUN/arch.json."""
     from nastk.engine.search import run_search
 
-    resolved = _load_spec(spec)
+    resolved = _load_spec(spec, set_fields)
     run = out_path or Path("runs") / resolved.name
     opts = _run_options(run, locals())
     run_search(resolved, opts)
@@ -71,12 +73,13 @@ def retrain(
     compile_net: Annotated[bool, CompileOption] = False,
     deterministic: DeterministicOption = False,
     workers: WorkersOption = None,
+    set_fields: SetOption = None,
 ) -> None:
     """Retrain the discrete network of an arch.json on one fold or all (Sec. 4.1)."""
     from nastk.device import check_device_text
     from nastk.engine.retrain import load_architecture, parse_folds, run_retrain
 
-    resolved = _load_spec(spec)
+    resolved = _load_spec(spec, set_fields)
     check_device_text(device)
     amp = _plain(amp) or resolved.retrain.amp
     if amp not in ("off", "bf16", "fp16"):  # before load_architecture: fail before any work
