@@ -169,3 +169,108 @@ def test_a_bad_set_is_a_spec_error_exit_2(capfd, tmp_path, monkeypatch, override
 def test_set_is_offered_where_a_spec_is_read(capfd, command):
     _, out, _ = nastk(capfd, command, "--help")
     assert "--set" in out
+
+
+# ------------------------------------------------------------------------- the cache and relative roots
+
+
+def test_nastk_cache_holds_the_cache_when_the_spec_sets_none(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from nastk.data.cache import cache_dir_for
+    from nastk.data.fingerprint import fingerprint_path
+
+    root = tmp_path / "Task09_Spleen"
+    plain = SimpleNamespace(root=str(root), cache_dir=None)
+    assert cache_dir_for(plain) == root / ".nastk-cache"
+    monkeypatch.setenv("NASTK_CACHE", str(tmp_path / "shared"))
+    assert cache_dir_for(plain) == tmp_path / "shared" / "Task09_Spleen"
+    assert fingerprint_path(root).parent == tmp_path / "shared" / "Task09_Spleen"
+    chosen = SimpleNamespace(root=str(root), cache_dir=str(tmp_path / "mine"))
+    assert cache_dir_for(chosen) == tmp_path / "mine"  # the spec's own cache_dir wins
+
+
+def test_preprocess_writes_to_nastk_cache_and_leaves_a_read_only_root_alone(tmp_path, monkeypatch, capfd):
+    from tinydata import write_msd
+
+    root = write_msd(tmp_path / "Task01_Tiny", cases=2)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"dataset: {{root: {root}, spacing: [2, 2, 3], num_folds: 2, num_workers: 0}}\n")
+    monkeypatch.setenv("NASTK_CACHE", str(tmp_path / "shared"))
+    before = sorted(p.name for p in root.iterdir())
+    code, out, err = nastk(capfd, "preprocess", spec, "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in root.iterdir()) == before
+    assert (tmp_path / "shared" / "Task01_Tiny").is_dir() and str(tmp_path / "shared") in out
+
+
+def test_relative_root_is_read_from_the_spec_folder_unless_it_exists_from_here(tmp_path, monkeypatch):
+    from nastk.spec import load_spec
+
+    (tmp_path / "project" / "data" / "Task").mkdir(parents=True)
+    spec = tmp_path / "project" / "spec.yaml"
+    spec.write_text("dataset: {root: data/Task}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(spec).dataset.root == str(tmp_path / "project" / "data" / "Task")
+    (tmp_path / "data" / "Task").mkdir(parents=True)  # the working directory's wins, as before
+    assert load_spec(spec).dataset.root == "data/Task"
+    spec.write_text("dataset: {root: nowhere}\n")  # found nowhere: as written, for the error to name it
+    assert load_spec(spec).dataset.root == "nowhere"
+
+
+# ---------------------------------------------------------------------------------- nnU-Net's splits
+
+
+def _tiny_task(tmp_path, splits=None, num_folds=2):
+    import json
+
+    from tinydata import write_msd
+
+    root = write_msd(tmp_path / "Task01_Tiny", cases=4)
+    lines = f"dataset: {{root: Task01_Tiny, spacing: [2, 2, 3], num_folds: {num_folds}, num_workers: 0"
+    if splits is not None:
+        (tmp_path / "splits_final.json").write_text(
+            json.dumps(splits) if not isinstance(splits, str) else splits
+        )
+        lines += ", splits_file: splits_final.json"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(lines + "}\n")
+    return root, spec
+
+
+NNUNET_SPLITS = [
+    {"train": ["case_000", "case_001", "case_002"], "val": ["case_003"]},
+    {"train": ["case_001", "case_002", "case_003"], "val": ["case_000"]},
+]
+
+
+def test_splits_final_json_gives_the_folds(tmp_path, monkeypatch):
+    from nastk.data.preprocess import preprocess
+    from nastk.spec import load_spec
+
+    monkeypatch.chdir(tmp_path.parent)  # both paths relative to the spec's folder, not the working directory
+    _, spec_file = _tiny_task(tmp_path, NNUNET_SPLITS)
+    spec = load_spec(spec_file)
+    assert spec.dataset.splits_file == str(tmp_path / "splits_final.json")
+    cache = preprocess(spec.dataset, quiet=True)
+    assert cache.splits() == NNUNET_SPLITS  # what retrain copies to RUN/splits.json
+
+
+@pytest.mark.parametrize(
+    ("splits", "needle"),
+    [
+        ("{not json", "not a readable JSON"),
+        ({"train": []}, "expected a list"),
+        ([{"train": ["case_000"], "val": "case_001"}], "expected a list"),
+        (NNUNET_SPLITS[:1], "1 folds, but dataset.num_folds is 2"),
+        ([NNUNET_SPLITS[0], {"train": ["case_000"], "val": ["spleen_9"]}], "fold 1 names cases"),
+        ([NNUNET_SPLITS[0], {"train": ["case_000"], "val": ["case_000"]}], "case_000 in both"),
+    ],
+)
+def test_a_bad_splits_file_exits_2_naming_it(tmp_path, capfd, monkeypatch, splits, needle):
+    monkeypatch.chdir(tmp_path)
+    root, spec_file = _tiny_task(tmp_path, splits)
+    code, _, err = nastk(capfd, "preprocess", spec_file, "--quiet")
+    assert code == 2 and "dataset.splits_file" in err and needle in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (root / ".nastk-cache").exists()  # refused before anything is written

@@ -98,6 +98,13 @@ DeviceOption = Annotated[
     str | None,
     typer.Option(help="cpu, cuda or cuda:N (default: cuda where available, else cpu)."),
 ]
+SpecArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="Spec YAML file. A relative dataset.root is read from the working directory if it exists "
+        "there, else from the spec's folder; the cache goes to $NASTK_CACHE when set."
+    ),
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option(

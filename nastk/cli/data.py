@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from nastk.cli.common import (
+    SpecArgument,
     app,
     err,
     out,
@@ -17,7 +18,7 @@ from nastk.errors import DataError
 
 @app.command()
 def preprocess(
-    spec: Annotated[Path, typer.Argument(help="Spec YAML file whose dataset.root is the task folder.")],
+    spec: SpecArgument,
     workers: Annotated[
         int | None, typer.Option(min=0, help="Processes (default: dataset.num_workers).")
     ] = None,
@@ -55,7 +56,10 @@ def plan(
     ] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Preprocessing cache (default DATASET/.nastk-cache); the fingerprint goes there."),
+        typer.Option(
+            help="Preprocessing cache (default $NASTK_CACHE/NAME, else DATASET/.nastk-cache); the "
+            "fingerprint goes there."
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(min=0, help="Processes that read the dataset.")] = 0,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +11,7 @@ from rich.table import Table
 from nastk import registry
 from nastk.cli.common import (
     SetOption,
+    SpecArgument,
     _load_spec,
     app,
     out,
@@ -19,9 +19,7 @@ from nastk.cli.common import (
 
 
 @app.command()
-def validate(
-    spec: Annotated[Path, typer.Argument(help="Spec YAML file.")], set_fields: SetOption = None
-) -> None:
+def validate(spec: SpecArgument, set_fields: SetOption = None) -> None:
     """Validate a spec and print it resolved, with every default filled in."""
     from nastk.spec import dump_spec
 

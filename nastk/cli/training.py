@@ -16,6 +16,7 @@ from nastk.cli.common import (
     DeviceOption,
     QuietOption,
     SetOption,
+    SpecArgument,
     WorkersOption,
     _load_spec,
     _plain,
@@ -28,7 +29,7 @@ from nastk.errors import DataError
 
 @app.command()
 def search(
-    spec: Annotated[Path, typer.Argument(help="Spec YAML file.")],
+    spec: SpecArgument,
     out_path: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default runs/<spec name>).")
     ] = None,
@@ -56,7 +57,7 @@ def search(
 
 @app.command()
 def retrain(
-    spec: Annotated[Path, typer.Argument(help="Spec YAML file.")],
+    spec: SpecArgument,
     arch: Annotated[Path, typer.Option(help="arch.json to train (e.g. RUN/arch.json).")],
     fold: Annotated[str, typer.Option(help="Fold index K, or 'all'.")] = "0",
     out_path: Annotated[
