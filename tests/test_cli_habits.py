@@ -274,3 +274,39 @@ def test_a_bad_splits_file_exits_2_naming_it(tmp_path, capfd, monkeypatch, split
     assert code == 2 and "dataset.splits_file" in err and needle in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (root / ".nastk-cache").exists()  # refused before anything is written
+
+
+# ------------------------------------------------------------------- predict: probabilities and no TTA
+
+
+def test_predict_saves_probabilities_and_disables_tta(retrained, capfd):
+    import nibabel as nib
+    import numpy as np
+
+    tmp, root, run = retrained
+    common = ["predict", run, "--input", root / "imagesTs", "--folds", "0", "--quiet"]
+    common += ["--set", "inference.largest_component=false"]
+    code, _, err = nastk(capfd, *common, "--output", tmp / "habits_a", "--save-probabilities")
+    assert code == 0, err
+    for case in ("synth_100", "synth_101"):
+        labels = np.asarray(nib.load(tmp / "habits_a" / f"{case}.nii.gz").dataobj)
+        with np.load(tmp / "habits_a" / f"{case}.npz") as data:
+            probs = data["probabilities"].astype(np.float32)
+        assert probs.shape == (3, *labels.shape)
+        np.testing.assert_allclose(probs.sum(0), 1.0, atol=2e-3)
+        assert (probs.argmax(0) == labels).mean() > 0.95  # linear vs nearest resampling differ at edges
+    # --disable-tta overrides the spec's flip_tta: the same labels as without TTA
+    flipped = [*common, "--set", "inference.flip_tta=true", "--disable-tta"]
+    code, _, err = nastk(capfd, *flipped, "--output", tmp / "habits_b")
+    assert code == 0, err
+    for case in ("synth_100", "synth_101"):
+        a = np.asarray(nib.load(tmp / "habits_a" / f"{case}.nii.gz").dataobj)
+        b = np.asarray(nib.load(tmp / "habits_b" / f"{case}.nii.gz").dataobj)
+        np.testing.assert_array_equal(a, b)
+        assert not (tmp / "habits_b" / f"{case}.npz").exists()
+
+
+def test_predict_help_offers_the_nnunet_flags(capfd, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    _, out, _ = nastk(capfd, "predict", "--help")
+    assert "--save-probabilities" in out and "--disable-tta" in out

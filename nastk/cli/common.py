@@ -109,10 +109,9 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option(
         "--set",
-        metavar="KEY.PATH=VALUE",
-        help="Override a spec field for this run, e.g. --set search.batch_size=2 or --set "
-        "losses[4].params.sigma=0.6 (repeatable; YAML values, validated like the file; RUN/spec.yaml "
-        "records the result).",
+        metavar="KEY=VALUE",
+        help="Set a spec field for this run, e.g. search.batch_size=2 (repeatable; YAML values, "
+        "validated; see docs/specs.md).",
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")]

@@ -33,6 +33,17 @@ def predict(
     device: DeviceOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     set_fields: SetOption = None,
+    save_probabilities: Annotated[
+        bool,
+        typer.Option(
+            "--save-probabilities",
+            help="Also write CASE.npz: the folds' mean class probabilities on the original grid "
+            "('probabilities', [K, X, Y, Z] float16).",
+        ),
+    ] = False,
+    disable_tta: Annotated[
+        bool, typer.Option("--disable-tta", help="No flip test-time augmentation (inference.flip_tta).")
+    ] = False,
 ) -> None:
     """Sliding-window inference with the fold ensemble; NIfTI out in each case's original geometry."""
     from nastk.device import check_device_text
@@ -47,7 +58,16 @@ def predict(
     from nastk.inference.predict import postprocessing_classes
 
     resolved = load_spec(spec or run / "spec.yaml", set_fields or ())
-    options = PredictOptions(output or run / "predictions", fold_list, model.value, resume, device, quiet)
+    options = PredictOptions(
+        output or run / "predictions",
+        fold_list,
+        model.value,
+        resume,
+        device,
+        quiet,
+        save_probabilities=save_probabilities,
+        disable_tta=disable_tta,
+    )
     written = run_predict(resolved, run, input_path, options)
     out.print(postprocessing_classes(resolved, run)[1], markup=False, highlight=False, soft_wrap=True)
     out.print(f"{len(written)} predictions in {output or run / 'predictions'}", highlight=False)
