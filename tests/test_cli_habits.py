@@ -310,3 +310,75 @@ def test_predict_help_offers_the_nnunet_flags(capfd, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     _, out, _ = nastk(capfd, "predict", "--help")
     assert "--save-probabilities" in out and "--disable-tta" in out
+
+
+# ------------------------------------------------------------------------------------ shared machines
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_quota_in_cores(tmp_path, files, limit):
+    from nastk.threads import cgroup_cpu_limit
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(tmp_path) == limit
+
+
+def test_threads_follow_affinity_quota_and_torchrun(tmp_path, monkeypatch):
+    from nastk import threads
+
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert threads.usable_cpus(tmp_path) == 8
+    (tmp_path / "cpu.max").write_text("250000 100000\n")  # 2.5 cores: 3 threads
+    assert threads.usable_cpus(tmp_path) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert threads.default_threads(tmp_path) == 4
+
+
+def test_set_threads_respects_the_user(monkeypatch):
+    from nastk.threads import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads(None) is None  # the user's OMP_NUM_THREADS stands
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1  # --threads wins over it
+        with pytest.raises(DataError, match="--threads"):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_option_is_offered_and_checked(capfd):
+    for command in ("search", "retrain", "predict", "preprocess", "quickstart"):
+        _, out, _ = nastk(capfd, command, "--help")
+        assert "--threads" in out, command
+    code, _, err = nastk(capfd, "search", "x.yaml", "--threads", "0")
+    assert code == 2 and "--threads" in err
+
+
+class _Threads(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return torch.get_num_threads()
+
+
+def test_each_data_loader_worker_runs_one_thread():
+    from nastk.data.sampler import make_loader
+
+    loader = make_loader(_Threads(), batch_size=1, num_samples=2, num_workers=1)
+    assert [int(b) for b in loader] == [1, 1]

@@ -114,6 +114,14 @@ SetOption = Annotated[
         "validated; see docs/specs.md).",
     ),
 ]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="CPU threads (default: $OMP_NUM_THREADS, else the cores this process may use: affinity, "
+        "cgroup quota).",
+    ),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")]
 ChannelsLastOption = Annotated[bool, typer.Option(help="channels_last_3d memory format.")]
 DeterministicOption = Annotated[bool, typer.Option(help="Deterministic algorithms (same spec, same result).")]
@@ -137,3 +145,9 @@ def _print_error(exc: NastkError) -> None:
         err.print(table)
     else:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _set_threads(threads: int | None) -> None:
+    from nastk.threads import set_threads
+
+    set_threads(threads)

@@ -9,6 +9,8 @@ import typer
 
 from nastk.cli.common import (
     SpecArgument,
+    ThreadsOption,
+    _set_threads,
     app,
     err,
     out,
@@ -23,11 +25,13 @@ def preprocess(
         int | None, typer.Option(min=0, help="Processes (default: dataset.num_workers).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Preprocess a dataset into the cache (reorient, resample, crop, normalise); skips finished cases."""
     from nastk.data.preprocess import preprocess as run_preprocess
     from nastk.spec import load_spec
 
+    _set_threads(threads)
     resolved = load_spec(spec)
     cache = run_preprocess(resolved.dataset, seed=resolved.seed, workers=workers, quiet=quiet)
     out.print(f"{len(cache.case_ids)} cases preprocessed in {cache.root}", highlight=False)

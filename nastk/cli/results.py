@@ -11,6 +11,8 @@ from nastk.cli.common import (
     DeviceOption,
     ModelFile,
     SetOption,
+    ThreadsOption,
+    _set_threads,
     app,
     out,
 )
@@ -44,6 +46,7 @@ def predict(
     disable_tta: Annotated[
         bool, typer.Option("--disable-tta", help="No flip test-time augmentation (inference.flip_tta).")
     ] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Sliding-window inference with the fold ensemble; NIfTI out in each case's original geometry."""
     from nastk.device import check_device_text
@@ -51,6 +54,7 @@ def predict(
     from nastk.spec import load_spec
 
     check_device_text(device)
+    _set_threads(threads)
     try:
         fold_list = [int(k) for k in folds.split(",")] if folds else None
     except ValueError:
@@ -118,10 +122,12 @@ def quickstart(
     spec: Annotated[Path, typer.Option(help="Tiny CPU spec.")] = Path("specs/quickstart.yaml"),
     out_dir: Annotated[Path, typer.Option("--out", help="Where everything goes.")] = Path("nastk-quickstart"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Less progress output.")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Synthetic task -> search -> decode -> retrain 2 folds -> predict -> report, in minutes on a CPU."""
     from nastk.quickstart import run_quickstart
 
+    _set_threads(threads)
     run_quickstart(
         spec, out_dir, quiet=quiet, echo=lambda text: out.print(text, markup=False, highlight=False)
     )

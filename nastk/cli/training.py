@@ -17,10 +17,12 @@ from nastk.cli.common import (
     QuietOption,
     SetOption,
     SpecArgument,
+    ThreadsOption,
     WorkersOption,
     _load_spec,
     _plain,
     _run_options,
+    _set_threads,
     app,
     out,
 )
@@ -45,10 +47,12 @@ def search(
     deterministic: DeterministicOption = False,
     workers: WorkersOption = None,
     set_fields: SetOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Differentiable topology + cell search (Sec. 3.6), then decode to RUN/arch.json."""
     from nastk.engine.search import run_search
 
+    _set_threads(threads)
     resolved = _load_spec(spec, set_fields)
     run = out_path or Path("runs") / resolved.name
     opts = _run_options(run, locals())
@@ -75,11 +79,13 @@ def retrain(
     deterministic: DeterministicOption = False,
     workers: WorkersOption = None,
     set_fields: SetOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Retrain the discrete network of an arch.json on one fold or all (Sec. 4.1)."""
     from nastk.device import check_device_text
     from nastk.engine.retrain import load_architecture, parse_folds, run_retrain
 
+    _set_threads(threads)
     resolved = _load_spec(spec, set_fields)
     check_device_text(device)
     amp = _plain(amp) or resolved.retrain.amp
