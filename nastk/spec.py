@@ -43,12 +43,18 @@ def _paper_augmentation() -> list[dict[str, Any]]:
 
 class DatasetSpec(_Section):
     root: str | None = Field(
-        None, description="MSD task folder (e.g. Task07_Pancreas/) or nnU-Net v2 dataset."
+        None,
+        description="MSD task folder (e.g. Task07_Pancreas/) or nnU-Net v2 dataset. A relative path is read "
+        "from the working directory when it exists there (as before), else from the spec file's folder.",
     )
     format: Literal["auto", "msd", "nnunet"] = Field(
         "auto", description="dataset.json flavour; auto-detected."
     )
-    cache_dir: str | None = Field(None, description="Preprocessed cache; default <root>/.nastk-cache.")
+    cache_dir: str | None = Field(
+        None,
+        description="Preprocessed cache; default $NASTK_CACHE/<root's folder name> when that environment "
+        "variable is set, else <root>/.nastk-cache.",
+    )
     num_workers: int = Field(2, ge=0, description="Processes for preprocessing and patch loading.")
     crop_nonzero: bool = Field(True, description="Crop each case to its nonzero region.")
     normalization: list[Literal["ct", "zscore_nonzero", "zscore_nonzero_keep", "zscore"]] | None = Field(
@@ -79,6 +85,12 @@ class DatasetSpec(_Section):
     num_classes: int = Field(3, ge=2, description="Output classes including background (Pancreas: 3).")
     fold: int = Field(0, ge=0, description="Cross-validation fold used by search (paper: C2FNAS split).")
     num_folds: int = Field(5, ge=2, description="Number of cross-validation folds (paper: 5).")
+    splits_file: str | None = Field(
+        None,
+        description="Folds from a file instead of nastk's seeded split: nnU-Net's splits_final.json (a "
+        'list of {"train": [...], "val": [...]}, one per fold), to compare fold for fold with nnU-Net. '
+        "Relative paths as for root. The run directory keeps a copy (RUN/splits.json).",
+    )
 
     @field_validator("spacing")
     @classmethod
@@ -394,12 +406,36 @@ def validate(data: Any, file: str = "<spec>") -> Spec:
     return spec
 
 
-def load_spec(path: str | Path) -> Spec:
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """The validated spec of a file, with ``--set key.path=value`` overrides applied and validated again."""
     path = Path(path)
     data = parse_yaml(read_spec_text(path), str(path))
     if data is None:
         raise SpecError(str(path), [("", "the file is empty; a spec is a YAML mapping (see nastk validate)")])
-    return validate(data, str(path))
+    spec = validate(data, str(path))
+    spec.dataset.root = root_beside_spec(spec.dataset.root, path)
+    spec.dataset.splits_file = root_beside_spec(spec.dataset.splits_file, path)
+    return with_overrides(spec, overrides, str(path)) if overrides else spec
+
+
+def root_beside_spec(root: str | None, spec_file: Path) -> str | None:
+    """A relative path of the spec (``dataset.root``, ``dataset.splits_file``) that exists from the working
+    directory stays as written (as before, and as the quickstart writes it); one that does not, but does
+    from the spec file's folder, is taken from there, as an absolute path so that RUN/spec.yaml works from
+    anywhere."""
+    if not root or Path(root).is_absolute() or Path(root).exists():
+        return root
+    beside = spec_file.parent / root
+    return str(beside.resolve()) if beside.exists() else root
+
+
+def with_overrides(spec: Spec, overrides: list[str] | tuple[str, ...], file: str) -> Spec:
+    from nastk.spec_overrides import apply_override, parse_override
+
+    data = json.loads(spec.model_dump_json())  # every default written out, as RUN/spec.yaml has it
+    for text in overrides:
+        apply_override(data, *parse_override(text, file), file)
+    return validate(data, f"{file} with --set")  # the table then says the value came from the command line
 
 
 def dump_spec(spec: Spec) -> str:

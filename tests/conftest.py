@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -18,6 +19,15 @@ def paper_ops():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_shared_cache():
+    """A user's $NASTK_CACHE must not receive (or serve) the tests' caches."""
+    saved = os.environ.pop("NASTK_CACHE", None)
+    yield
+    if saved is not None:
+        os.environ["NASTK_CACHE"] = saved
 
 
 def run_cli(*args, cwd=None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,21 +14,64 @@ from rich.table import Table
 from nastk.errors import DataError, NastkError, SpecError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Declarative neural architecture search for 3D medical image segmentation.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from nastk import __version__
+
+        print(f"nastk {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print nastk's version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Declarative neural architecture search for 3D medical image segmentation."""
+
+
+class Amp(str, Enum):
+    """Mixed precision; an Enum so that --help and shell completion list the choices."""
+
+    off = "off"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class ModelFile(str, Enum):
+    """Which model file of each fold predict uses."""
+
+    final = "final"
+    best = "best"
+
+
+def _plain(value):
+    """An option's value as the library takes it: an Enum choice as its string."""
+    return value.value if isinstance(value, Enum) else value
+
+
 # Wide when piped (CI logs, nohup) so tables and paths are never cut.
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
-def _load_spec(path: Path):
-    """Load and validate a spec; print what it warns about on stderr (e.g. a budget that never binds)."""
+def _load_spec(path: Path, overrides: list[str] | None = None):
+    """Load and validate a spec with its --set overrides; print what it warns about on stderr (e.g. a
+    budget that never binds)."""
     from nastk.spec import load_spec
 
-    resolved = load_spec(path)
+    resolved = load_spec(path, overrides or ())
     for field, message in resolved.warnings:
         err.print(f"warning: {path}: {field}: {message}", markup=False, highlight=False, soft_wrap=True)
     return resolved
@@ -38,17 +82,46 @@ def _run_options(out_path: Path, flags: dict) -> object:
     fields, ``compile_net`` as ``compile``; ``amp`` checked here, where both commands pass it."""
     from dataclasses import fields
 
+    from nastk.device import check_device_text
     from nastk.engine.options import RunOptions
 
-    flags = {**flags, "compile": flags.get("compile_net", False)}
+    flags = {**{k: _plain(v) for k, v in flags.items()}, "compile": flags.get("compile_net", False)}
     kw = {f.name: flags[f.name] for f in fields(RunOptions) if f.name in flags and f.name != "out"}
+    check_device_text(kw.get("device"))
     if kw.get("amp") not in ("off", "bf16", "fp16"):
         raise DataError(f"--amp: {kw.get('amp')!r} is not one of off, bf16, fp16")
     return RunOptions(out=out_path, **kw)
 
 
-AmpOption = Annotated[str, typer.Option(help="Mixed precision: off, bf16 or fp16 (with a grad scaler).")]
-DeviceOption = Annotated[str | None, typer.Option(help="cpu or cuda (default: whatever is available).")]
+AmpOption = Annotated[Amp, typer.Option(help="Mixed precision (fp16 with a grad scaler).")]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(help="cpu, cuda or cuda:N (default: cuda where available, else cpu)."),
+]
+SpecArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="Spec YAML file. A relative dataset.root is read from the working directory if it exists "
+        "there, else from the spec's folder; the cache goes to $NASTK_CACHE when set."
+    ),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Set a spec field for this run, e.g. search.batch_size=2 (repeatable; YAML values, "
+        "validated; see docs/specs.md).",
+    ),
+]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="CPU threads (default: $OMP_NUM_THREADS, else the cores this process may use: affinity, "
+        "cgroup quota).",
+    ),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")]
 ChannelsLastOption = Annotated[bool, typer.Option(help="channels_last_3d memory format.")]
 DeterministicOption = Annotated[bool, typer.Option(help="Deterministic algorithms (same spec, same result).")]
@@ -72,3 +145,9 @@ def _print_error(exc: NastkError) -> None:
         err.print(table)
     else:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _set_threads(threads: int | None) -> None:
+    from nastk.threads import set_threads
+
+    set_threads(threads)

@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from nastk.cli.common import (
+    SpecArgument,
+    ThreadsOption,
+    _set_threads,
     app,
     err,
     out,
@@ -17,16 +20,18 @@ from nastk.errors import DataError
 
 @app.command()
 def preprocess(
-    spec: Annotated[Path, typer.Argument(help="Spec YAML file whose dataset.root is the task folder.")],
+    spec: SpecArgument,
     workers: Annotated[
         int | None, typer.Option(min=0, help="Processes (default: dataset.num_workers).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Preprocess a dataset into the cache (reorient, resample, crop, normalise); skips finished cases."""
     from nastk.data.preprocess import preprocess as run_preprocess
     from nastk.spec import load_spec
 
+    _set_threads(threads)
     resolved = load_spec(spec)
     cache = run_preprocess(resolved.dataset, seed=resolved.seed, workers=workers, quiet=quiet)
     out.print(f"{len(cache.case_ids)} cases preprocessed in {cache.root}", highlight=False)
@@ -55,7 +60,10 @@ def plan(
     ] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Preprocessing cache (default DATASET/.nastk-cache); the fingerprint goes there."),
+        typer.Option(
+            help="Preprocessing cache (default $NASTK_CACHE/NAME, else DATASET/.nastk-cache); the "
+            "fingerprint goes there."
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(min=0, help="Processes that read the dataset.")] = 0,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,

@@ -9,6 +9,10 @@ import typer
 
 from nastk.cli.common import (
     DeviceOption,
+    ModelFile,
+    SetOption,
+    ThreadsOption,
+    _set_threads,
     app,
     out,
 )
@@ -25,26 +29,49 @@ def predict(
         Path | None, typer.Option(help="Where to write CASE.nii.gz (default RUN/predictions).")
     ] = None,
     folds: Annotated[str | None, typer.Option(help="Comma-separated folds (default: all retrained).")] = None,
-    model: Annotated[str, typer.Option(help="Which model of each fold: final or best.")] = "final",
+    model: Annotated[ModelFile, typer.Option(help="Which model file of each fold.")] = ModelFile.final,
     spec: Annotated[Path | None, typer.Option(help="Spec (default RUN/spec.yaml).")] = None,
     resume: Annotated[bool, typer.Option("--continue", help="Skip cases already predicted.")] = False,
     device: DeviceOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    set_fields: SetOption = None,
+    save_probabilities: Annotated[
+        bool,
+        typer.Option(
+            "--save-probabilities",
+            help="Also write CASE.npz: the folds' mean class probabilities on the original grid "
+            "('probabilities', [K, X, Y, Z] float16).",
+        ),
+    ] = False,
+    disable_tta: Annotated[
+        bool, typer.Option("--disable-tta", help="No flip test-time augmentation (inference.flip_tta).")
+    ] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Sliding-window inference with the fold ensemble; NIfTI out in each case's original geometry."""
+    from nastk.device import check_device_text
     from nastk.inference.predict import PredictOptions, run_predict
     from nastk.spec import load_spec
 
-    if model not in ("final", "best"):
-        raise DataError(f"--model: {model!r} is not final or best")
+    check_device_text(device)
+    _set_threads(threads)
     try:
         fold_list = [int(k) for k in folds.split(",")] if folds else None
     except ValueError:
         raise DataError(f"--folds: {folds!r} is not a comma-separated list of fold indices") from None
     from nastk.inference.predict import postprocessing_classes
 
-    resolved = load_spec(spec or run / "spec.yaml")
-    options = PredictOptions(output or run / "predictions", fold_list, model, resume, device, quiet)
+    resolved = load_spec(spec or run / "spec.yaml", set_fields or ())
+    options = PredictOptions(
+        output or run / "predictions",
+        fold_list,
+        model.value,
+        resume,
+        device,
+        quiet,
+        save_probabilities=save_probabilities,
+        disable_tta=disable_tta,
+    )
     written = run_predict(resolved, run, input_path, options)
     out.print(postprocessing_classes(resolved, run)[1], markup=False, highlight=False, soft_wrap=True)
     out.print(f"{len(written)} predictions in {output or run / 'predictions'}", highlight=False)
@@ -95,10 +122,12 @@ def quickstart(
     spec: Annotated[Path, typer.Option(help="Tiny CPU spec.")] = Path("specs/quickstart.yaml"),
     out_dir: Annotated[Path, typer.Option("--out", help="Where everything goes.")] = Path("nastk-quickstart"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Less progress output.")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Synthetic task -> search -> decode -> retrain 2 folds -> predict -> report, in minutes on a CPU."""
     from nastk.quickstart import run_quickstart
 
+    _set_threads(threads)
     run_quickstart(
         spec, out_dir, quiet=quiet, echo=lambda text: out.print(text, markup=False, highlight=False)
     )

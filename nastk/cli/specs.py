@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,6 +10,8 @@ from rich.table import Table
 
 from nastk import registry
 from nastk.cli.common import (
+    SetOption,
+    SpecArgument,
     _load_spec,
     app,
     out,
@@ -18,11 +19,11 @@ from nastk.cli.common import (
 
 
 @app.command()
-def validate(spec: Annotated[Path, typer.Argument(help="Spec YAML file.")]) -> None:
+def validate(spec: SpecArgument, set_fields: SetOption = None) -> None:
     """Validate a spec and print it resolved, with every default filled in."""
     from nastk.spec import dump_spec
 
-    resolved = _load_spec(spec)
+    resolved = _load_spec(spec, set_fields)
     out.print(f"[green]valid[/green]: {spec}", highlight=False)
     out.print(dump_spec(resolved), markup=False, highlight=False, end="")
 

@@ -8,15 +8,21 @@ from typing import Annotated
 import typer
 
 from nastk.cli.common import (
+    Amp,
     AmpOption,
     ChannelsLastOption,
     CompileOption,
     DeterministicOption,
     DeviceOption,
     QuietOption,
+    SetOption,
+    SpecArgument,
+    ThreadsOption,
     WorkersOption,
     _load_spec,
+    _plain,
     _run_options,
+    _set_threads,
     app,
     out,
 )
@@ -39,14 +45,14 @@ def _check_logger(name: str) -> None:
 
 @app.command()
 def search(
-    spec: Annotated[Path, typer.Argument(help="Spec YAML file.")],
+    spec: SpecArgument,
     out_path: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default runs/<spec name>).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from RUN/search/checkpoint.pt.")] = False,
     quiet: QuietOption = False,
     device: DeviceOption = None,
-    amp: AmpOption = "off",
+    amp: AmpOption = Amp.off,
     channels_last: ChannelsLastOption = False,
     checkpoint_cells: Annotated[
         bool, typer.Option(help="Recompute cells in backward to save memory.")
@@ -55,12 +61,15 @@ def search(
     deterministic: DeterministicOption = False,
     workers: WorkersOption = None,
     logger: LoggerOption = "csv",
+    set_fields: SetOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Differentiable topology + cell search (Sec. 3.6), then decode to RUN/arch.json."""
     from nastk.engine.search import run_search
 
     _check_logger(logger)
-    resolved = _load_spec(spec)
+    _set_threads(threads)
+    resolved = _load_spec(spec, set_fields)
     run = out_path or Path("runs") / resolved.name
     opts = _run_options(run, locals())
     run_search(resolved, opts)
@@ -68,7 +77,7 @@ def search(
 
 @app.command()
 def retrain(
-    spec: Annotated[Path, typer.Argument(help="Spec YAML file.")],
+    spec: SpecArgument,
     arch: Annotated[Path, typer.Option(help="arch.json to train (e.g. RUN/arch.json).")],
     fold: Annotated[str, typer.Option(help="Fold index K, or 'all'.")] = "0",
     out_path: Annotated[
@@ -78,21 +87,26 @@ def retrain(
     quiet: QuietOption = False,
     device: DeviceOption = None,
     amp: Annotated[
-        str | None,
-        typer.Option(help="Mixed precision: off, bf16 or fp16 (with a grad scaler); default: retrain.amp."),
+        Amp | None,
+        typer.Option(help="Mixed precision (fp16 with a grad scaler); default: retrain.amp."),
     ] = None,
     channels_last: ChannelsLastOption = False,
     compile_net: Annotated[bool, CompileOption] = False,
     deterministic: DeterministicOption = False,
     workers: WorkersOption = None,
     logger: LoggerOption = "csv",
+    set_fields: SetOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Retrain the discrete network of an arch.json on one fold or all (Sec. 4.1)."""
+    from nastk.device import check_device_text
     from nastk.engine.retrain import load_architecture, parse_folds, run_retrain
 
     _check_logger(logger)
-    resolved = _load_spec(spec)
-    amp = amp or resolved.retrain.amp
+    _set_threads(threads)
+    resolved = _load_spec(spec, set_fields)
+    check_device_text(device)
+    amp = _plain(amp) or resolved.retrain.amp
     if amp not in ("off", "bf16", "fp16"):  # before load_architecture: fail before any work
         raise DataError(f"--amp: {amp!r} is not one of off, bf16, fp16")
     load_architecture(resolved, arch)  # fail before writing anything

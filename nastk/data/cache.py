@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +45,23 @@ class Cache:
         return json.loads((self.root / "splits.json").read_text())
 
 
+CACHE_ENV = "NASTK_CACHE"
+
+
+def default_cache_dir(root: str | Path) -> Path:
+    """Where a dataset's cache goes when the spec sets no ``dataset.cache_dir``: ``$NASTK_CACHE/<dataset
+    folder name>`` when that variable is set (like nnU-Net's ``nnUNet_preprocessed``: datasets on read-only
+    shared storage), else ``<root>/.nastk-cache`` as before."""
+    shared = os.environ.get(CACHE_ENV)
+    if shared:
+        return Path(shared).expanduser() / Path(root).resolve().name
+    return Path(root) / ".nastk-cache"
+
+
 def cache_dir_for(dataset_spec) -> Path:
     if dataset_spec.cache_dir:
         return Path(dataset_spec.cache_dir)
-    return Path(dataset_spec.root) / ".nastk-cache"
+    return default_cache_dir(dataset_spec.root)
 
 
 def load_plan(plan_file: Path) -> tuple[Plan, dict[int, dict[str, float]]]:

@@ -6,9 +6,10 @@ nonzero, how many are foreground and how many of those lie in the nonzero region
 voxel count and number of 26-connected components. Per channel, over all cases: statistics of the
 intensities of foreground voxels (up to ``INTENSITY_SAMPLES`` per case, as for the CT statistics).
 
-The cache is ``<dataset.cache_dir or root/.nastk-cache>/fingerprint.json``; it records the hash of
-``dataset.json`` and the files it lists (``preprocess.dataset_fingerprint``), so a changed dataset is
-read again. A fingerprint that cannot be read is derived data and is simply computed again.
+The cache is ``<cache folder>/fingerprint.json``, the folder as preprocessing's (``dataset.cache_dir``,
+else ``$NASTK_CACHE/<dataset folder name>``, else ``root/.nastk-cache``); it records the hash of
+``dataset.json`` and the files it lists (``preprocess.dataset_fingerprint``), so a changed dataset is read
+again. A fingerprint that cannot be read is derived data and is simply computed again.
 
 A dataset that cannot be planned stops with one line naming the reason, before anything is written:
 a single training case, no foreground voxel in any label map, mixed dimensionality (volumes next to
@@ -235,7 +236,9 @@ def intensity_statistics(values: np.ndarray) -> dict[str, float]:
 
 
 def fingerprint_path(root: str | Path, cache_dir: str | Path | None = None) -> Path:
-    return Path(cache_dir) / FILE_NAME if cache_dir else Path(root) / ".nastk-cache" / FILE_NAME
+    from nastk.data.cache import default_cache_dir
+
+    return Path(cache_dir) / FILE_NAME if cache_dir else default_cache_dir(root) / FILE_NAME
 
 
 def _cached(path: Path, digest: str) -> Fingerprint | None:

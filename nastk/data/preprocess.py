@@ -45,6 +45,7 @@ from nastk.data.geometry import restore_geometry as restore_geometry
 from nastk.data.imageio import Geometry, check_headers, read_image, read_label, to_array
 from nastk.data.normalize import ct_statistics, normalization_schemes, normalize_with_pad
 from nastk.data.splits import make_splits as make_splits
+from nastk.data.splits import read_splits_file
 from nastk.data.splits import search_halves as search_halves
 from nastk.data.workers import _pool as _pool
 from nastk.errors import DataError
@@ -171,7 +172,12 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
         crop_nonzero=dataset_spec.crop_nonzero,
     )
     ids = [case.id for case in info.training]
-    splits = json.dumps(make_splits(ids, dataset_spec.num_folds, seed), indent=1)
+    folds = (
+        read_splits_file(dataset_spec.splits_file, ids, dataset_spec.num_folds)
+        if getattr(dataset_spec, "splits_file", None)
+        else make_splits(ids, dataset_spec.num_folds, seed)
+    )
+    splits = json.dumps(folds, indent=1)
     # Everything that can be checked without reading voxels is checked before anything is written.
     out = cache_dir_for(dataset_spec) / plan.key()
     remove_stale_temps(out)

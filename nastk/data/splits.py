@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from nastk.errors import DataError
@@ -27,3 +30,39 @@ def search_halves(train_ids: list[str], seed: int) -> tuple[list[str], list[str]
     order = np.random.default_rng([seed, 1]).permutation(len(ids))
     half = (len(ids) + 1) // 2
     return sorted(ids[i] for i in order[:half]), sorted(ids[i] for i in order[half:])
+
+
+def read_splits_file(path: str | Path, case_ids: list[str], num_folds: int) -> list[dict[str, list[str]]]:
+    """Folds from a file in nnU-Net's splits_final.json shape, checked against the dataset's training cases:
+    ``num_folds`` folds, each a train and a val list of known cases with none in both."""
+    where = f"dataset.splits_file {path}"
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{where}: file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{where}: not a readable JSON file ({type(exc).__name__})") from None
+    if not isinstance(data, list) or not all(_is_fold(f) for f in data):
+        raise DataError(f'{where}: expected a list of {{"train": [case, ...], "val": [case, ...]}}')
+    if len(data) != num_folds:
+        raise DataError(f"{where}: {len(data)} folds, but dataset.num_folds is {num_folds}")
+    known = set(case_ids)
+    for k, fold in enumerate(data):
+        unknown = sorted(set(fold["train"] + fold["val"]) - known)
+        if unknown:
+            shown = ", ".join(unknown[:3]) + (" ..." if len(unknown) > 3 else "")
+            raise DataError(f"{where}: fold {k} names cases that are not training cases: {shown}")
+        both = sorted(set(fold["train"]) & set(fold["val"]))
+        if both:
+            raise DataError(f"{where}: fold {k} has {both[0]} in both train and val")
+        if not fold["val"] or not fold["train"]:
+            raise DataError(f"{where}: fold {k} has an empty train or val list")
+    return [{"train": list(f["train"]), "val": list(f["val"])} for f in data]
+
+
+def _is_fold(item) -> bool:
+    return (
+        isinstance(item, dict)
+        and all(isinstance(item.get(key), list) for key in ("train", "val"))
+        and all(isinstance(c, str) for key in ("train", "val") for c in item[key])
+    )

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
-from nastk.device import device_kind
+from nastk.device import resolve_device
 from nastk.errors import DataError
 
 
@@ -58,8 +58,10 @@ def setup(device: str | None = None) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    kind = device_kind(device)
-    dev = torch.device(f"cuda:{local}") if kind == "cuda" else torch.device("cpu")
+    if world > 1 and device is not None and device.startswith("cuda:"):
+        raise DataError(f"--device {device}: one GPU for every process; under torchrun use --device cuda")
+    dev = resolve_device(device, local)
+    kind = dev.type
     if kind == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():

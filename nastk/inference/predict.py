@@ -12,10 +12,11 @@ import torch
 from nastk.data.dataset import IMAGE_SUFFIXES, Case, image_files, read_dataset, strip_suffix
 from nastk.data.imageio import check_headers
 from nastk.data.preprocess import load_plan, pad_value, preprocess, process_case, restore_geometry
-from nastk.device import device_kind
+from nastk.device import resolve_device
 from nastk.errors import DataError
 from nastk.inference.ensemble import mean_probabilities, vote
 from nastk.inference.postprocess import POSTPROCESSING_FILE, largest_component, read_postprocessing
+from nastk.inference.probabilities import restore_probabilities, write_probabilities
 from nastk.inference.sliding_window import sliding_window_predict
 from nastk.inference.writer import write_label
 from nastk.io import make_dir, remove_stale_temps
@@ -140,13 +141,17 @@ class PredictOptions:
     folds: list[int] | None = None  # None: every retrained fold
     model: str = "final"  # "final" | "best": which model file of each fold
     resume: bool = False  # keep the predictions already in `output`
-    device: str | None = None  # "cpu" | "cuda" | None (whatever is available)
+    device: str | None = None  # "cpu" | "cuda" | "cuda:N" | None (whatever is available)
     quiet: bool = False
+    save_probabilities: bool = False  # also CASE.npz: the folds' mean probabilities on the original grid
+    disable_tta: bool = False  # no flip test-time augmentation, whatever inference.flip_tta says
 
 
 def run_predict(spec: Spec, run: Path, input_path: Path, opts: PredictOptions) -> list[Path]:
     output, quiet = opts.output, opts.quiet
-    dev = torch.device(device_kind(opts.device))
+    if opts.disable_tta:
+        spec = spec.model_copy(update={"inference": spec.inference.model_copy(update={"flip_tta": False})})
+    dev = resolve_device(opts.device)
     if (Path(run) / "plan.json").is_file():  # written by retrain: no training data needed here
         plan, stats = load_plan(Path(run) / "plan.json")
     else:
@@ -177,17 +182,23 @@ def _predict_cases(spec: Spec, cases, models, plan_stats, classes, opts: Predict
     bar = CaseBars(len(cases), opts.quiet)
     for case in bar.cases(cases):
         target = Path(output) / f"{case.id}.nii.gz"
-        if resume and target.exists():
+        probs_file = Path(output) / f"{case.id}.npz"
+        if resume and target.exists() and (probs_file.exists() or not opts.save_probabilities):
             written.append(target)
             continue
         image, _, meta = process_case(case, plan, stats, set(range(spec.dataset.num_classes)))
         volume = torch.from_numpy(image)
-        per_fold = []
+        per_fold, prob_sum = [], None
         for net in models:
             probs = window_probabilities(
                 volume, net, spec, dev, progress=bar.windows(case.id), pad_value=pad_value(meta)
             )
+            if opts.save_probabilities:
+                prob_sum = probs.float().cpu() if prob_sum is None else prob_sum + probs.float().cpu()
             per_fold.append(probs.argmax(0) if inf.ensemble == "vote" else probs)
+        if prob_sum is not None:  # before the label: a label on disk means its case is complete
+            mean = (prob_sum / len(models)).numpy()
+            write_probabilities(restore_probabilities(mean, meta), probs_file)
         labels = (
             vote(per_fold, spec.dataset.num_classes)
             if inf.ensemble == "vote"

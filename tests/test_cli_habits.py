@@ -1,0 +1,384 @@
+"""CLI habits of nnU-Net users (issue 16, part 3): --version, choices listed in --help, a strict --device,
+--set overrides, NASTK_CACHE and relative roots, nnU-Net splits, predict's --save-probabilities and
+--disable-tta. The CLI runs in this process, as in test_bad_inputs.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nastk import __version__
+from nastk.device import check_device_text, resolve_device
+from nastk.errors import DataError
+
+
+def nastk(capfd, *args) -> tuple[int, str, str]:
+    from nastk.cli import main
+
+    capfd.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+def test_version_prints_the_package_version(capfd):
+    code, out, _ = nastk(capfd, "--version")
+    assert code == 0 and out.strip() == f"nastk {__version__}"
+
+
+def test_help_offers_completion_and_lists_choices(capfd, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = nastk(capfd, "--help")
+    assert code == 0 and "--install-completion" in out and "--version" in out
+    _, out, _ = nastk(capfd, "search", "--help")
+    assert "off|bf16|fp16" in out
+    _, out, _ = nastk(capfd, "predict", "--help")
+    assert "final|best" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["search", "x.yaml", "--amp", "fp8"], "--amp"),
+        (["retrain", "x.yaml", "--arch", "a.json", "--amp", "fp8"], "--amp"),
+        (["predict", "run", "--input", "in", "--model", "last"], "--model"),
+    ],
+)
+def test_a_choice_outside_the_enum_exits_2(capfd, args, needle):
+    code, _, err = nastk(capfd, *args)
+    assert code == 2 and needle in err
+
+
+@pytest.mark.parametrize("text", ["gpu", "tpu", "cuda0", "cuda:", "cuda:-1", "CPU", "cuda:1:2"])
+def test_device_text_is_cpu_cuda_or_cuda_index(text):
+    with pytest.raises(DataError, match="is not cpu, cuda or cuda:N"):
+        check_device_text(text)
+
+
+@pytest.mark.parametrize("text", [None, "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_good_device_texts_pass(text):
+    check_device_text(text)
+
+
+def test_cuda_without_cuda_is_refused_for_cuda_and_an_index(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == torch.device("cpu")
+    for text in ("cuda", "cuda:0"):
+        with pytest.raises(DataError, match=f"--device {text}: no CUDA device"):
+            resolve_device(text)
+
+
+def test_cuda_index_selects_that_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(DataError, match="there is no cuda:2; this machine has 2"):
+        resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("command", ["search", "predict"])
+@pytest.mark.parametrize("device", ["gpu", "cuda", "cuda:0"])
+def test_bad_device_exits_2_with_one_line(capfd, monkeypatch, tmp_path, command, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("seed: 1\n")
+    args = {
+        "search": ["search", spec, "--out", tmp_path / "run"],
+        "predict": ["predict", tmp_path, "--spec", spec, "--input", tmp_path],
+    }[command]
+    code, out, err = nastk(capfd, *args, "--device", device)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "--device" in err and device in err, err
+    assert "Traceback" not in out + err
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------- --set
+
+
+def _spec_file(tmp_path, text="search:\n  batch_size: 4\n"):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_set_overrides_fields_in_and_out_of_the_file(capfd, tmp_path):
+    import yaml
+
+    path = _spec_file(tmp_path)
+    code, out, err = nastk(
+        capfd,
+        "validate",
+        path,
+        "--set",
+        "search.batch_size=2",
+        "--set",
+        "retrain.patch_size=[64, 64, 32]",
+        "--set",
+        "losses[4].params.sigma=0.6",
+        "--set",
+        "dataset.root=data/Task",
+    )
+    assert code == 0, err
+    resolved = yaml.safe_load(out.split("\n", 1)[1])  # what RUN/spec.yaml would hold (dump_spec)
+    assert resolved["search"]["batch_size"] == 2
+    assert resolved["retrain"]["patch_size"] == [64, 64, 32]
+    assert resolved["losses"][4]["params"]["sigma"] == 0.6
+    assert resolved["dataset"]["root"] == "data/Task"
+    assert resolved["name"] == "s"
+
+
+def test_the_last_set_of_a_field_wins_and_without_set_nothing_changes(tmp_path):
+    from nastk.spec import dump_spec, load_spec
+
+    path = _spec_file(tmp_path)
+    assert load_spec(path, ["seed=3", "seed=5"]).seed == 5
+    assert dump_spec(load_spec(path, [])) == dump_spec(load_spec(path))
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("search.batch_size=0", ["search.batch_size", "greater than or equal to 1"]),
+        ("search.bogus=1", ["search.bogus", "Extra inputs"]),
+        ("retrain.amp=fp8", ["retrain.amp"]),
+        ("search.batch_size.x=1", ["search.batch_size.x", "not a mapping"]),
+        ("losses[9].weight=1", ["losses[9]", "list of 5"]),
+        ("search.batch_size", ["--set search.batch_size", "KEY.PATH=VALUE"]),
+        ("search..lr=1", ["dotted field path"]),
+        ("seed=[1, 2", ["not valid YAML"]),
+    ],
+)
+def test_a_bad_set_is_a_spec_error_exit_2(capfd, tmp_path, monkeypatch, override, needles):
+    monkeypatch.setenv("COLUMNS", "200")
+    path = _spec_file(tmp_path)
+    code, out, err = nastk(capfd, "validate", path, "--set", override)
+    assert code == 2, out + err
+    assert "Traceback" not in err and str(path.name) in err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize("command", ["search", "retrain", "predict", "validate"])
+def test_set_is_offered_where_a_spec_is_read(capfd, command):
+    _, out, _ = nastk(capfd, command, "--help")
+    assert "--set" in out
+
+
+# ------------------------------------------------------------------------- the cache and relative roots
+
+
+def test_nastk_cache_holds_the_cache_when_the_spec_sets_none(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from nastk.data.cache import cache_dir_for
+    from nastk.data.fingerprint import fingerprint_path
+
+    root = tmp_path / "Task09_Spleen"
+    plain = SimpleNamespace(root=str(root), cache_dir=None)
+    assert cache_dir_for(plain) == root / ".nastk-cache"
+    monkeypatch.setenv("NASTK_CACHE", str(tmp_path / "shared"))
+    assert cache_dir_for(plain) == tmp_path / "shared" / "Task09_Spleen"
+    assert fingerprint_path(root).parent == tmp_path / "shared" / "Task09_Spleen"
+    chosen = SimpleNamespace(root=str(root), cache_dir=str(tmp_path / "mine"))
+    assert cache_dir_for(chosen) == tmp_path / "mine"  # the spec's own cache_dir wins
+
+
+def test_preprocess_writes_to_nastk_cache_and_leaves_a_read_only_root_alone(tmp_path, monkeypatch, capfd):
+    from tinydata import write_msd
+
+    root = write_msd(tmp_path / "Task01_Tiny", cases=2)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"dataset: {{root: {root}, spacing: [2, 2, 3], num_folds: 2, num_workers: 0}}\n")
+    monkeypatch.setenv("NASTK_CACHE", str(tmp_path / "shared"))
+    before = sorted(p.name for p in root.iterdir())
+    code, out, err = nastk(capfd, "preprocess", spec, "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in root.iterdir()) == before
+    assert (tmp_path / "shared" / "Task01_Tiny").is_dir() and str(tmp_path / "shared") in out
+
+
+def test_relative_root_is_read_from_the_spec_folder_unless_it_exists_from_here(tmp_path, monkeypatch):
+    from nastk.spec import load_spec
+
+    (tmp_path / "project" / "data" / "Task").mkdir(parents=True)
+    spec = tmp_path / "project" / "spec.yaml"
+    spec.write_text("dataset: {root: data/Task}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_spec(spec).dataset.root == str(tmp_path / "project" / "data" / "Task")
+    (tmp_path / "data" / "Task").mkdir(parents=True)  # the working directory's wins, as before
+    assert load_spec(spec).dataset.root == "data/Task"
+    spec.write_text("dataset: {root: nowhere}\n")  # found nowhere: as written, for the error to name it
+    assert load_spec(spec).dataset.root == "nowhere"
+
+
+# ---------------------------------------------------------------------------------- nnU-Net's splits
+
+
+def _tiny_task(tmp_path, splits=None, num_folds=2):
+    import json
+
+    from tinydata import write_msd
+
+    root = write_msd(tmp_path / "Task01_Tiny", cases=4)
+    lines = f"dataset: {{root: Task01_Tiny, spacing: [2, 2, 3], num_folds: {num_folds}, num_workers: 0"
+    if splits is not None:
+        (tmp_path / "splits_final.json").write_text(
+            json.dumps(splits) if not isinstance(splits, str) else splits
+        )
+        lines += ", splits_file: splits_final.json"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(lines + "}\n")
+    return root, spec
+
+
+NNUNET_SPLITS = [
+    {"train": ["case_000", "case_001", "case_002"], "val": ["case_003"]},
+    {"train": ["case_001", "case_002", "case_003"], "val": ["case_000"]},
+]
+
+
+def test_splits_final_json_gives_the_folds(tmp_path, monkeypatch):
+    from nastk.data.preprocess import preprocess
+    from nastk.spec import load_spec
+
+    monkeypatch.chdir(tmp_path.parent)  # both paths relative to the spec's folder, not the working directory
+    _, spec_file = _tiny_task(tmp_path, NNUNET_SPLITS)
+    spec = load_spec(spec_file)
+    assert spec.dataset.splits_file == str(tmp_path / "splits_final.json")
+    cache = preprocess(spec.dataset, quiet=True)
+    assert cache.splits() == NNUNET_SPLITS  # what retrain copies to RUN/splits.json
+
+
+@pytest.mark.parametrize(
+    ("splits", "needle"),
+    [
+        ("{not json", "not a readable JSON"),
+        ({"train": []}, "expected a list"),
+        ([{"train": ["case_000"], "val": "case_001"}], "expected a list"),
+        (NNUNET_SPLITS[:1], "1 folds, but dataset.num_folds is 2"),
+        ([NNUNET_SPLITS[0], {"train": ["case_000"], "val": ["spleen_9"]}], "fold 1 names cases"),
+        ([NNUNET_SPLITS[0], {"train": ["case_000"], "val": ["case_000"]}], "case_000 in both"),
+    ],
+)
+def test_a_bad_splits_file_exits_2_naming_it(tmp_path, capfd, monkeypatch, splits, needle):
+    monkeypatch.chdir(tmp_path)
+    root, spec_file = _tiny_task(tmp_path, splits)
+    code, _, err = nastk(capfd, "preprocess", spec_file, "--quiet")
+    assert code == 2 and "dataset.splits_file" in err and needle in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (root / ".nastk-cache").exists()  # refused before anything is written
+
+
+# ------------------------------------------------------------------- predict: probabilities and no TTA
+
+
+def test_predict_saves_probabilities_and_disables_tta(retrained, capfd):
+    import nibabel as nib
+    import numpy as np
+
+    tmp, root, run = retrained
+    common = ["predict", run, "--input", root / "imagesTs", "--folds", "0", "--quiet"]
+    common += ["--set", "inference.largest_component=false"]
+    code, _, err = nastk(capfd, *common, "--output", tmp / "habits_a", "--save-probabilities")
+    assert code == 0, err
+    for case in ("synth_100", "synth_101"):
+        labels = np.asarray(nib.load(tmp / "habits_a" / f"{case}.nii.gz").dataobj)
+        with np.load(tmp / "habits_a" / f"{case}.npz") as data:
+            probs = data["probabilities"].astype(np.float32)
+        assert probs.shape == (3, *labels.shape)
+        np.testing.assert_allclose(probs.sum(0), 1.0, atol=2e-3)
+        assert (probs.argmax(0) == labels).mean() > 0.95  # linear vs nearest resampling differ at edges
+    # --disable-tta overrides the spec's flip_tta: the same labels as without TTA
+    flipped = [*common, "--set", "inference.flip_tta=true", "--disable-tta"]
+    code, _, err = nastk(capfd, *flipped, "--output", tmp / "habits_b")
+    assert code == 0, err
+    for case in ("synth_100", "synth_101"):
+        a = np.asarray(nib.load(tmp / "habits_a" / f"{case}.nii.gz").dataobj)
+        b = np.asarray(nib.load(tmp / "habits_b" / f"{case}.nii.gz").dataobj)
+        np.testing.assert_array_equal(a, b)
+        assert not (tmp / "habits_b" / f"{case}.npz").exists()
+
+
+def test_predict_help_offers_the_nnunet_flags(capfd, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    _, out, _ = nastk(capfd, "predict", "--help")
+    assert "--save-probabilities" in out and "--disable-tta" in out
+
+
+# ------------------------------------------------------------------------------------ shared machines
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_quota_in_cores(tmp_path, files, limit):
+    from nastk.threads import cgroup_cpu_limit
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(tmp_path) == limit
+
+
+def test_threads_follow_affinity_quota_and_torchrun(tmp_path, monkeypatch):
+    from nastk import threads
+
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert threads.usable_cpus(tmp_path) == 8
+    (tmp_path / "cpu.max").write_text("250000 100000\n")  # 2.5 cores: 3 threads
+    assert threads.usable_cpus(tmp_path) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert threads.default_threads(tmp_path) == 4
+
+
+def test_set_threads_respects_the_user(monkeypatch):
+    from nastk.threads import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads(None) is None  # the user's OMP_NUM_THREADS stands
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1  # --threads wins over it
+        with pytest.raises(DataError, match="--threads"):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_option_is_offered_and_checked(capfd):
+    for command in ("search", "retrain", "predict", "preprocess", "quickstart"):
+        _, out, _ = nastk(capfd, command, "--help")
+        assert "--threads" in out, command
+    code, _, err = nastk(capfd, "search", "x.yaml", "--threads", "0")
+    assert code == 2 and "--threads" in err
+
+
+class _Threads(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return torch.get_num_threads()
+
+
+def test_each_data_loader_worker_runs_one_thread():
+    from nastk.data.sampler import make_loader
+
+    loader = make_loader(_Threads(), batch_size=1, num_samples=2, num_workers=1)
+    assert [int(b) for b in loader] == [1, 1]
