@@ -37,6 +37,20 @@ def run_cli(*args, cwd=None):
     )
 
 
+def cli_in_process(capfd, *args) -> tuple[int, str, str]:
+    """Run ``nastk.cli.main`` in this process (fast): its exit code, stdout and stderr."""
+    from nastk.cli import main
+
+    capfd.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="session")
 def retrained(tmp_path_factory):
     """(tmp, synthetic task, run): a tiny search and both folds retrained, each with its out-of-fold

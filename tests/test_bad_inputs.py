@@ -31,6 +31,7 @@ from nastk.data.synthetic import write_synthetic_task
 from nastk.engine.options import RunOptions
 from nastk.engine.search import run_search
 
+from conftest import cli_in_process
 from tinydata import TINY_SPEC, merged
 
 # ----------------------------------------------------------------------------------------- harness
@@ -48,16 +49,7 @@ class Result:
 
 
 def nastk_in_process(capfd, *args) -> Result:
-    from nastk.cli import main
-
-    capfd.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capfd.readouterr()
-    return Result(code, out, err)
+    return Result(*cli_in_process(capfd, *args))
 
 
 def nastk_subprocess(*args, preexec_fn=None, timeout=120) -> Result:

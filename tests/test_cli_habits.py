@@ -11,18 +11,11 @@ from nastk import __version__
 from nastk.device import check_device_text, resolve_device
 from nastk.errors import DataError
 
+from conftest import cli_in_process
+
 
 def nastk(capfd, *args) -> tuple[int, str, str]:
-    from nastk.cli import main
-
-    capfd.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capfd.readouterr()
-    return code, out, err
+    return cli_in_process(capfd, *args)
 
 
 def test_version_prints_the_package_version(capfd):

@@ -446,3 +446,22 @@ def test_compiled_retrain_matches_eager(searched, tmp_path, monkeypatch):
     assert finals[0].keys() == finals[1].keys()
     for key in finals[0]:
         torch.testing.assert_close(finals[1][key], finals[0][key], rtol=1e-3, atol=1e-4)
+
+
+def test_retrain_log_every_sets_the_retraining_log_rows(searched, tmp_path):
+    """retrain.log_every thins the retraining log; unset, retraining logs as often as search.log_every."""
+    tmp, _, _ = searched
+    rows = {}
+    for name, every in (("unset", None), ("every3", 3)):
+        overrides = {"retrain.iters": 6, "retrain.val_every": 1000, "retrain.milestones": [1000]}
+        overrides["search.log_every"] = 1
+        if every is not None:
+            overrides["retrain.log_every"] = every
+        (tmp_path / name).mkdir()
+        _, spec = tiny_spec(tmp_path / name, Path(TINY_ROOT[0]), **overrides)
+        run_retrain(spec, tmp / "run" / "arch.json", "0", RunOptions(out=tmp_path / name / "run", quiet=True))
+        rows[name] = [
+            int(r["iteration"]) for r in read_log(tmp_path / name / "run" / "retrain" / "fold_0" / "log.csv")
+        ]
+    assert len(rows["every3"]) < len(rows["unset"])
+    assert set(rows["every3"]) < set(rows["unset"])

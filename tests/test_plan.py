@@ -22,6 +22,7 @@ from nastk.plan import make_plan, render, rules, write_plan
 from nastk.setting import TrainingSetting, required_gb, usable_bytes
 from nastk.spec import load_spec, validate
 
+from conftest import cli_in_process
 from tinydata import save_nifti, write_msd, write_nnunet
 
 TINY_SPACE = {"name": "dints", "params": {"layers": 2, "depths": 2, "filters": 2}}
@@ -399,16 +400,7 @@ def test_dints_sizing_matches_measurements(paper_ops):
 
 
 def _cli(capfd, *args):
-    from nastk.cli import main
-
-    capfd.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capfd.readouterr()
-    return code, out, err
+    return cli_in_process(capfd, *args)
 
 
 def test_cli_plans_then_validates(tmp_path, capfd):

@@ -26,7 +26,6 @@ from nastk.cli.common import (
     app,
     out,
 )
-from nastk.errors import DataError
 
 LoggerOption = Annotated[
     str,
@@ -37,10 +36,14 @@ LoggerOption = Annotated[
 ]
 
 
-def _check_logger(name: str) -> None:
-    from nastk.trackers import check_logger  # unknown, or its extra not installed: before any work
+def _job_spec(spec: Path, set_fields, logger: str, threads: int | None):
+    """What search and retrain do first: refuse an unusable --logger (unknown, or its extra not
+    installed) before any work, size the thread pools, and load the spec with its --set overrides."""
+    from nastk.trackers import check_logger
 
-    check_logger(name)
+    check_logger(logger)
+    _set_threads(threads)
+    return _load_spec(spec, set_fields)
 
 
 @app.command()
@@ -67,9 +70,7 @@ def search(
     """Differentiable topology + cell search (Sec. 3.6), then decode to RUN/arch.json."""
     from nastk.engine.search import run_search
 
-    _check_logger(logger)
-    _set_threads(threads)
-    resolved = _load_spec(spec, set_fields)
+    resolved = _job_spec(spec, set_fields, logger, threads)
     run = out_path or Path("runs") / resolved.name
     opts = _run_options(run, locals())
     run_search(resolved, opts)
@@ -102,13 +103,9 @@ def retrain(
     from nastk.device import check_device_text
     from nastk.engine.retrain import load_architecture, parse_folds, run_retrain
 
-    _check_logger(logger)
-    _set_threads(threads)
-    resolved = _load_spec(spec, set_fields)
+    resolved = _job_spec(spec, set_fields, logger, threads)
     check_device_text(device)
-    amp = _plain(amp) or resolved.retrain.amp
-    if amp not in ("off", "bf16", "fp16"):  # before load_architecture: fail before any work
-        raise DataError(f"--amp: {amp!r} is not one of off, bf16, fp16")
+    amp = _plain(amp) or resolved.retrain.amp  # both are choices of off, bf16, fp16 (enum, spec Literal)
     load_architecture(resolved, arch)  # fail before writing anything
     parse_folds(fold, resolved.dataset.num_folds)
     opts = _run_options(out_path or arch.parent, locals())
