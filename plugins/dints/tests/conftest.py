@@ -25,3 +25,4 @@ paper_ops = _shared.paper_ops
 _deterministic = _shared._deterministic  # autouse: every test starts from torch seed 0, as in tests/
 retrained = _shared.retrained
 run_cli = _shared.run_cli
+cli_in_process = _shared.cli_in_process
