@@ -28,6 +28,7 @@ from nastk.errors import NastkError
 from nastk.io import remove_stale_temps
 from nastk.progress import Reporter
 from nastk.spec import Spec
+from nastk.threads import thread_governor
 from nastk.trackers import NullTracker, Tracker
 
 
@@ -156,6 +157,7 @@ class Loop:
 
     def run(self, step: Step) -> None:
         clock = RunClock(logged_time(self.log), self.start)
+        governor = thread_governor()  # None when the user fixed the thread count, or --deterministic
         try:
             for it in range(self.start, self.total):
                 line = is_due(it, self.log_every, self.total)
@@ -167,6 +169,8 @@ class Loop:
                 self.reporter.update(it, result.phase, result.info, line)
                 for hook in self.after_step:
                     hook(it)
+                if governor is not None:
+                    governor.tick()
                 if is_due(it, self.checkpoint_every, self.total):
                     self.checkpoint(it + 1)
             if self.start >= self.total:  # a finished run resumed: its last checkpoint is written again
