@@ -39,11 +39,91 @@ def test_help_offers_completion_and_lists_choices(capfd, monkeypatch):
         (["search", "x.yaml", "--amp", "fp8"], "--amp"),
         (["retrain", "x.yaml", "--arch", "a.json", "--amp", "fp8"], "--amp"),
         (["predict", "run", "--input", "in", "--model", "last"], "--model"),
+        (["search", "x.yaml", "--logger", "wandb"], "--logger"),
+        (["retrain", "x.yaml", "--arch", "a.json", "--logger", "wandb"], "--logger"),
+        (["export", "run", "--format", "tflite", "--out", "o"], "--format"),
+        (["export", "run", "--format", "pt2", "--out", "o", "--model", "last"], "--model"),
     ],
 )
 def test_a_choice_outside_the_enum_exits_2(capfd, args, needle):
-    code, _, err = nastk(capfd, *args)
-    assert code == 2 and needle in err
+    code, out, err = nastk(capfd, *args)
+    assert code == 2 and needle in err and args[-1] in err, err
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize(
+    ("command", "choices"),
+    [
+        ("search", "csv|tensorboard|mlflow"),
+        ("retrain", "csv|tensorboard|mlflow"),
+        ("export", "torchscript|pt2|onnx"),
+        ("export", "final|best"),
+    ],
+)
+def test_help_lists_the_logger_format_and_model_choices(capfd, monkeypatch, command, choices):
+    monkeypatch.setenv("COLUMNS", "200")  # at 80 rich breaks the longer choice lists inside the word
+    code, out, _ = nastk(capfd, command, "--help")
+    assert code == 0 and choices in out
+
+
+@pytest.mark.parametrize(
+    ("words", "choices"),
+    [
+        ("nastk search x.yaml --logger ", ["csv", "tensorboard", "mlflow"]),
+        ("nastk export r --format ", ["torchscript", "pt2", "onnx"]),
+    ],
+)
+def test_completion_offers_the_choices(capfd, monkeypatch, words, choices):
+    monkeypatch.setenv("_NASTK_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", words)
+    monkeypatch.setenv("COMP_CWORD", str(len(words.split())))
+    code, out, _ = nastk(capfd)
+    assert code == 0 and out.split() == choices
+
+
+def test_the_cli_choices_are_the_library_s():
+    from nastk.cli.common import ExportFormat, Logger
+    from nastk.export import FORMATS
+    from nastk.trackers import LOGGERS
+
+    assert tuple(m.value for m in Logger) == LOGGERS
+    assert tuple(m.value for m in ExportFormat) == FORMATS
+
+
+def _without(monkeypatch, *names):
+    """importlib.util.find_spec as if the named optional packages were not installed."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in names else real(name, *a)
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["search", "x.yaml", "--logger", "mlflow"],
+            "--logger mlflow: mlflow is not installed; pip install 'nastk[mlflow]'",
+        ),
+        (
+            ["retrain", "x.yaml", "--arch", "a.json", "--logger", "tensorboard"],
+            "pip install 'nastk[tensorboard]'",
+        ),
+        (
+            ["export", "{run}", "--format", "onnx", "--out", "{run}/out"],
+            "--format onnx needs onnx, onnxscript: pip install 'nastk[export]'",
+        ),
+    ],
+)
+def test_a_chosen_extra_that_is_missing_is_one_line_exit_2(capfd, monkeypatch, tmp_path, args, line):
+    (tmp_path / "spec.yaml").write_text("seed: 1\n")
+    _without(monkeypatch, "mlflow", "tensorboard", "onnx", "onnxscript")
+    code, out, err = nastk(capfd, *(a.format(run=tmp_path) for a in args))
+    assert code == 2 and line in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("text", ["gpu", "tpu", "cuda0", "cuda:", "cuda:-1", "CPU", "cuda:1:2"])
