@@ -238,6 +238,52 @@ def test_a_bad_set_is_a_spec_error_exit_2(capfd, tmp_path, monkeypatch, override
         assert needle in err, err
 
 
+def test_a_retrain_with_set_into_a_search_run_records_what_it_trained_with(retrained, capfd, tmp_path):
+    """RUN/spec.yaml and the fold's spec.yaml say the retraining's --set, RUN/search/spec.yaml keeps the
+    search's; decode still reads the search's, and --resume with RUN/spec.yaml passes the spec check."""
+    import shutil
+
+    import yaml
+
+    from nastk.runspec import search_spec_path
+
+    tmp, _, searched = retrained  # searched and retrained with retrain.iters 4
+    assert _iters(searched / "search" / "spec.yaml") == 4
+    run = tmp_path / "run"  # the search alone, laid out as before RUN/search/spec.yaml was kept
+    shutil.copytree(searched, run, ignore=shutil.ignore_patterns("retrain", "postprocessing.json"))
+    (run / "search" / "spec.yaml").unlink()
+    retrain = ["retrain", tmp / "spec.yaml", "--arch", run / "arch.json", "--fold", "0", "--quiet"]
+    code, _, err = nastk(capfd, *retrain, "--set", "retrain.iters=2", "--set", "retrain.val_every=100")
+    assert code == 0, err
+    assert _iters(run / "spec.yaml") == _iters(run / "retrain" / "fold_0" / "spec.yaml") == 2
+    assert _iters(run / "search" / "spec.yaml") == 4
+    assert yaml.safe_load((run / "spec.yaml").read_text())["retrain"]["val_every"] == 100
+    assert search_spec_path(run) == run / "search" / "spec.yaml"
+    code, _, err = nastk(capfd, "decode", run, "--out", tmp_path / "again.json")
+    assert code == 0 and (tmp_path / "again.json").read_text() == (run / "arch.json").read_text(), err
+    resumed = [
+        "retrain",
+        run / "spec.yaml",
+        "--arch",
+        run / "arch.json",
+        "--fold",
+        "0",
+        "--quiet",
+        "--resume",
+    ]
+    code, _, err = nastk(capfd, *resumed)
+    assert code == 0, err
+    code, _, err = nastk(capfd, *retrain, "--resume")  # without the --set: refused, and not recorded
+    assert code == 2 and "the spec changed" in err, err
+    assert _iters(run / "spec.yaml") == _iters(run / "retrain" / "fold_0" / "spec.yaml") == 2
+
+
+def _iters(path) -> int:
+    import yaml
+
+    return yaml.safe_load(path.read_text())["retrain"]["iters"]
+
+
 @pytest.mark.parametrize("command", ["search", "retrain", "predict", "validate"])
 def test_set_is_offered_where_a_spec_is_read(capfd, command):
     _, out, _ = nastk(capfd, command, "--help")
