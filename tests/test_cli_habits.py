@@ -425,6 +425,29 @@ def test_predict_saves_probabilities_and_disables_tta(retrained, capfd):
         assert not (tmp / "habits_b" / f"{case}.npz").exists()
 
 
+def test_flip_tta_changes_the_probabilities_and_disable_tta_turns_it_off(retrained, capfd, tmp_path):
+    """Equal labels with --disable-tta would also hold if TTA did nothing: the probabilities show that
+    flip_tta=true really averages other forwards, and that --disable-tta gives exactly flip_tta=false's."""
+    import numpy as np
+
+    tmp, root, run = retrained
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "synth_100.nii.gz").symlink_to(root / "imagesTs" / "synth_100.nii.gz")
+    common = ["predict", run, "--input", tmp_path / "in", "--folds", "0", "--quiet", "--save-probabilities"]
+
+    def probabilities(name: str, *extra) -> np.ndarray:
+        code, _, err = nastk(capfd, *common, *extra, "--output", tmp_path / name)
+        assert code == 0, err
+        with np.load(tmp_path / name / "synth_100.npz") as data:
+            return data["probabilities"].astype(np.float32)
+
+    off = probabilities("off", "--set", "inference.flip_tta=false")
+    on = probabilities("on", "--set", "inference.flip_tta=true")
+    disabled = probabilities("disabled", "--set", "inference.flip_tta=true", "--disable-tta")
+    assert np.abs(on - off).max() > 1e-2  # a conv net is not flip-equivariant: the flips' mean differs
+    np.testing.assert_array_equal(disabled, off)
+
+
 def test_predict_help_offers_the_nnunet_flags(capfd, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")
     _, out, _ = nastk(capfd, "predict", "--help")
