@@ -39,11 +39,91 @@ def test_help_offers_completion_and_lists_choices(capfd, monkeypatch):
         (["search", "x.yaml", "--amp", "fp8"], "--amp"),
         (["retrain", "x.yaml", "--arch", "a.json", "--amp", "fp8"], "--amp"),
         (["predict", "run", "--input", "in", "--model", "last"], "--model"),
+        (["search", "x.yaml", "--logger", "wandb"], "--logger"),
+        (["retrain", "x.yaml", "--arch", "a.json", "--logger", "wandb"], "--logger"),
+        (["export", "run", "--format", "tflite", "--out", "o"], "--format"),
+        (["export", "run", "--format", "pt2", "--out", "o", "--model", "last"], "--model"),
     ],
 )
 def test_a_choice_outside_the_enum_exits_2(capfd, args, needle):
-    code, _, err = nastk(capfd, *args)
-    assert code == 2 and needle in err
+    code, out, err = nastk(capfd, *args)
+    assert code == 2 and needle in err and args[-1] in err, err
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize(
+    ("command", "choices"),
+    [
+        ("search", "csv|tensorboard|mlflow"),
+        ("retrain", "csv|tensorboard|mlflow"),
+        ("export", "torchscript|pt2|onnx"),
+        ("export", "final|best"),
+    ],
+)
+def test_help_lists_the_logger_format_and_model_choices(capfd, monkeypatch, command, choices):
+    monkeypatch.setenv("COLUMNS", "200")  # at 80 rich breaks the longer choice lists inside the word
+    code, out, _ = nastk(capfd, command, "--help")
+    assert code == 0 and choices in out
+
+
+@pytest.mark.parametrize(
+    ("words", "choices"),
+    [
+        ("nastk search x.yaml --logger ", ["csv", "tensorboard", "mlflow"]),
+        ("nastk export r --format ", ["torchscript", "pt2", "onnx"]),
+    ],
+)
+def test_completion_offers_the_choices(capfd, monkeypatch, words, choices):
+    monkeypatch.setenv("_NASTK_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", words)
+    monkeypatch.setenv("COMP_CWORD", str(len(words.split())))
+    code, out, _ = nastk(capfd)
+    assert code == 0 and out.split() == choices
+
+
+def test_the_cli_choices_are_the_library_s():
+    from nastk.cli.common import ExportFormat, Logger
+    from nastk.export import FORMATS
+    from nastk.trackers import LOGGERS
+
+    assert tuple(m.value for m in Logger) == LOGGERS
+    assert tuple(m.value for m in ExportFormat) == FORMATS
+
+
+def _without(monkeypatch, *names):
+    """importlib.util.find_spec as if the named optional packages were not installed."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in names else real(name, *a)
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["search", "x.yaml", "--logger", "mlflow"],
+            "--logger mlflow: mlflow is not installed; pip install 'nastk[mlflow]'",
+        ),
+        (
+            ["retrain", "x.yaml", "--arch", "a.json", "--logger", "tensorboard"],
+            "pip install 'nastk[tensorboard]'",
+        ),
+        (
+            ["export", "{run}", "--format", "onnx", "--out", "{run}/out"],
+            "--format onnx needs onnx, onnxscript: pip install 'nastk[export]'",
+        ),
+    ],
+)
+def test_a_chosen_extra_that_is_missing_is_one_line_exit_2(capfd, monkeypatch, tmp_path, args, line):
+    (tmp_path / "spec.yaml").write_text("seed: 1\n")
+    _without(monkeypatch, "mlflow", "tensorboard", "onnx", "onnxscript")
+    code, out, err = nastk(capfd, *(a.format(run=tmp_path) for a in args))
+    assert code == 2 and line in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("text", ["gpu", "tpu", "cuda0", "cuda:", "cuda:-1", "CPU", "cuda:1:2"])
@@ -156,6 +236,52 @@ def test_a_bad_set_is_a_spec_error_exit_2(capfd, tmp_path, monkeypatch, override
     assert "Traceback" not in err and str(path.name) in err
     for needle in needles:
         assert needle in err, err
+
+
+def test_a_retrain_with_set_into_a_search_run_records_what_it_trained_with(retrained, capfd, tmp_path):
+    """RUN/spec.yaml and the fold's spec.yaml say the retraining's --set, RUN/search/spec.yaml keeps the
+    search's; decode still reads the search's, and --resume with RUN/spec.yaml passes the spec check."""
+    import shutil
+
+    import yaml
+
+    from nastk.runspec import search_spec_path
+
+    tmp, _, searched = retrained  # searched and retrained with retrain.iters 4
+    assert _iters(searched / "search" / "spec.yaml") == 4
+    run = tmp_path / "run"  # the search alone, laid out as before RUN/search/spec.yaml was kept
+    shutil.copytree(searched, run, ignore=shutil.ignore_patterns("retrain", "postprocessing.json"))
+    (run / "search" / "spec.yaml").unlink()
+    retrain = ["retrain", tmp / "spec.yaml", "--arch", run / "arch.json", "--fold", "0", "--quiet"]
+    code, _, err = nastk(capfd, *retrain, "--set", "retrain.iters=2", "--set", "retrain.val_every=100")
+    assert code == 0, err
+    assert _iters(run / "spec.yaml") == _iters(run / "retrain" / "fold_0" / "spec.yaml") == 2
+    assert _iters(run / "search" / "spec.yaml") == 4
+    assert yaml.safe_load((run / "spec.yaml").read_text())["retrain"]["val_every"] == 100
+    assert search_spec_path(run) == run / "search" / "spec.yaml"
+    code, _, err = nastk(capfd, "decode", run, "--out", tmp_path / "again.json")
+    assert code == 0 and (tmp_path / "again.json").read_text() == (run / "arch.json").read_text(), err
+    resumed = [
+        "retrain",
+        run / "spec.yaml",
+        "--arch",
+        run / "arch.json",
+        "--fold",
+        "0",
+        "--quiet",
+        "--resume",
+    ]
+    code, _, err = nastk(capfd, *resumed)
+    assert code == 0, err
+    code, _, err = nastk(capfd, *retrain, "--resume")  # without the --set: refused, and not recorded
+    assert code == 2 and "the spec changed" in err, err
+    assert _iters(run / "spec.yaml") == _iters(run / "retrain" / "fold_0" / "spec.yaml") == 2
+
+
+def _iters(path) -> int:
+    import yaml
+
+    return yaml.safe_load(path.read_text())["retrain"]["iters"]
 
 
 @pytest.mark.parametrize("command", ["search", "retrain", "predict", "validate"])
@@ -297,6 +423,29 @@ def test_predict_saves_probabilities_and_disables_tta(retrained, capfd):
         b = np.asarray(nib.load(tmp / "habits_b" / f"{case}.nii.gz").dataobj)
         np.testing.assert_array_equal(a, b)
         assert not (tmp / "habits_b" / f"{case}.npz").exists()
+
+
+def test_flip_tta_changes_the_probabilities_and_disable_tta_turns_it_off(retrained, capfd, tmp_path):
+    """Equal labels with --disable-tta would also hold if TTA did nothing: the probabilities show that
+    flip_tta=true really averages other forwards, and that --disable-tta gives exactly flip_tta=false's."""
+    import numpy as np
+
+    tmp, root, run = retrained
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "synth_100.nii.gz").symlink_to(root / "imagesTs" / "synth_100.nii.gz")
+    common = ["predict", run, "--input", tmp_path / "in", "--folds", "0", "--quiet", "--save-probabilities"]
+
+    def probabilities(name: str, *extra) -> np.ndarray:
+        code, _, err = nastk(capfd, *common, *extra, "--output", tmp_path / name)
+        assert code == 0, err
+        with np.load(tmp_path / name / "synth_100.npz") as data:
+            return data["probabilities"].astype(np.float32)
+
+    off = probabilities("off", "--set", "inference.flip_tta=false")
+    on = probabilities("on", "--set", "inference.flip_tta=true")
+    disabled = probabilities("disabled", "--set", "inference.flip_tta=true", "--disable-tta")
+    assert np.abs(on - off).max() > 1e-2  # a conv net is not flip-equivariant: the flips' mean differs
+    np.testing.assert_array_equal(disabled, off)
 
 
 def test_predict_help_offers_the_nnunet_flags(capfd, monkeypatch):

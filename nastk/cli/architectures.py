@@ -59,6 +59,7 @@ def decode(
     ] = None,
 ) -> None:
     """Discretize searched parameters into a feasible architecture (arch.json + arch.png)."""
+    from nastk.runspec import search_spec_path
     from nastk.setting import spec_budget
     from nastk.spec import load_spec, validate
 
@@ -71,7 +72,7 @@ def decode(
     if batch is not None and batch < 1:
         raise DataError(f"--batch: {batch} must be at least 1")
     if run is not None:
-        spec_path = run / "spec.yaml"
+        spec_path = search_spec_path(run)  # the search's, not a later retraining's --set
         spec = load_spec(spec_path) if spec_path.exists() else validate({}, "<defaults>")
         params = run / "search" / "arch_params.npz"
         out_path = out_path or run / "arch.json"

@@ -50,10 +50,27 @@ class Amp(str, Enum):
 
 
 class ModelFile(str, Enum):
-    """Which model file of each fold predict uses."""
+    """Which model file of each fold predict and export use."""
 
     final = "final"
     best = "best"
+
+
+class Logger(str, Enum):
+    """Where search and retrain also send their log rows (``nastk.trackers.LOGGERS``; a test keeps the two
+    equal: the CLI must not import the library to build its options)."""
+
+    csv = "csv"
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
+class ExportFormat(str, Enum):
+    """nastk export's formats (``nastk.export.FORMATS``, kept equal by a test)."""
+
+    torchscript = "torchscript"
+    pt2 = "pt2"
+    onnx = "onnx"
 
 
 def _plain(value):

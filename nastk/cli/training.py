@@ -14,6 +14,7 @@ from nastk.cli.common import (
     CompileOption,
     DeterministicOption,
     DeviceOption,
+    Logger,
     QuietOption,
     SetOption,
     SpecArgument,
@@ -28,7 +29,7 @@ from nastk.cli.common import (
 )
 
 LoggerOption = Annotated[
-    str,
+    Logger,
     typer.Option(
         help="Also send log rows to tensorboard or mlflow (csv: the CSV only); each needs the extra of "
         "its name (README)."
@@ -36,12 +37,12 @@ LoggerOption = Annotated[
 ]
 
 
-def _job_spec(spec: Path, set_fields, logger: str, threads: int | None):
-    """What search and retrain do first: refuse an unusable --logger (unknown, or its extra not
-    installed) before any work, size the thread pools, and load the spec with its --set overrides."""
+def _job_spec(spec: Path, set_fields, logger: Logger, threads: int | None):
+    """What search and retrain do first: refuse a --logger whose extra is not installed before any work
+    (typer refuses an unknown one), size the thread pools, and load the spec with its --set overrides."""
     from nastk.trackers import check_logger
 
-    check_logger(logger)
+    check_logger(_plain(logger))
     _set_threads(threads)
     return _load_spec(spec, set_fields)
 
@@ -63,7 +64,7 @@ def search(
     compile_net: Annotated[bool, CompileOption] = False,
     deterministic: DeterministicOption = False,
     workers: WorkersOption = None,
-    logger: LoggerOption = "csv",
+    logger: LoggerOption = Logger.csv,
     set_fields: SetOption = None,
     threads: ThreadsOption = None,
 ) -> None:
@@ -95,7 +96,7 @@ def retrain(
     compile_net: Annotated[bool, CompileOption] = False,
     deterministic: DeterministicOption = False,
     workers: WorkersOption = None,
-    logger: LoggerOption = "csv",
+    logger: LoggerOption = Logger.csv,
     set_fields: SetOption = None,
     threads: ThreadsOption = None,
 ) -> None:

@@ -63,7 +63,8 @@ from nastk.metrics.dice import dice_per_class, nan_mean
 from nastk.network import build_network, load_architecture, save_model
 from nastk.objective import build_losses
 from nastk.progress import Reporter
-from nastk.spec import Spec, dump_spec
+from nastk.runspec import record_retrain_spec
+from nastk.spec import Spec
 from nastk.trackers import tracking
 
 PROGRESS_FIGURE = "progress.png"
@@ -193,6 +194,7 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
         ckpt.restore(final, _final_state(final, spec), {"model": parts.net})
         if dist.is_main:
             _copy_into_run(cache.root, run)
+            record_retrain_spec(run, fold, spec)
             start_log_file(run)
         _finish_out_of_fold(parts.net, cache.root, split["val"], spec, dist, opts, oof)
         return out
@@ -202,6 +204,7 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
         best = ckpt.number(ckpt_path, state, "best")
     if dist.is_main:  # predict and cross-validation need these, even where the training data is not at hand
         _copy_into_run(cache.root, run)
+        record_retrain_spec(run, fold, spec)  # after the resume's spec check: a refused spec is not recorded
         start_log_file(run)
         how = "resumed" if start else "started"
         record(f"retrain fold {fold} {how} at iteration {start} of {total} in {out}")
@@ -231,8 +234,6 @@ def _train_fold(spec: Spec, opts: RunOptions, dist: dd.Dist, step, span, arch, v
     log = val_log = None
     if dist.is_main:
         make_dir(out)
-        if not (Path(opts.out) / "spec.yaml").exists():
-            atomic_write_text(Path(opts.out) / "spec.yaml", dump_spec(spec))
         resumed = start - 1 if opts.resume else None
         log = CsvLog(out / "log.csv", resume_from=resumed)
         val_log = CsvLog(out / "val_metrics.csv", resume_from=resumed)

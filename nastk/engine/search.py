@@ -52,15 +52,16 @@ from nastk.engine.loop import (
 from nastk.engine.options import RunOptions
 from nastk.engine.schedule import lr_lambda
 from nastk.errors import DataError
-from nastk.io import atomic_write_bytes, atomic_write_text, make_dir
+from nastk.io import atomic_write_bytes, make_dir
 from nastk.lock import run_lock
 from nastk.logs import logger, record, run_log, start_log_file
 from nastk.network import build_supernet
 from nastk.objective import arch_objective, build_losses
 from nastk.progress import Reporter
 from nastk.protocols import Diagnoses, Drawable, NeedsSetting, ReportsDiagnostics
+from nastk.runspec import record_search_spec
 from nastk.setting import retrain_setting, spec_budget, uses_gb_budget
-from nastk.spec import Spec, dump_spec
+from nastk.spec import Spec
 from nastk.trackers import Tracker, tracking
 
 
@@ -140,7 +141,7 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
     log = None
     if dist.is_main:
         make_dir(out)
-        atomic_write_text(run / "spec.yaml", dump_spec(spec))
+        record_search_spec(run, spec)
         start_log_file(run)
         record(f"search {'resumed' if start else 'started'} at iteration {start} of {total} in {out}")
         log = CsvLog(out / "log.csv", resume_from=start - 1 if opts.resume else None)

@@ -18,14 +18,21 @@ from nastk.protocols import SearchSpace
 from nastk.report.cv import postprocessing_label
 from nastk.report.figures import GapRun
 from nastk.report.scoring import DEFAULT_TOLERANCE_MM, check_tolerance_classes, evaluate_folder, references
+from nastk.runspec import search_spec_path
 from nastk.spec import Spec, load_spec
 
 
-def _spec_of(run: Path) -> Spec:
-    path = run / "spec.yaml"
+def _spec_of(run: Path, path: Path | None = None) -> Spec:
+    """RUN/spec.yaml (the networks' spec), or the spec at ``path`` in RUN."""
+    path = path or run / "spec.yaml"
     if not path.is_file():
         raise DataError(f"{run}: not a run directory (no spec.yaml)")
     return load_spec(path)
+
+
+def _search_spec_of(run: Path) -> Spec:
+    """The spec the run's search ran with: its losses tell how its gap G was searched (Fig. 8)."""
+    return _spec_of(run, search_spec_path(run))
 
 
 @dataclass
@@ -144,7 +151,7 @@ def _search_part(part: _RunParts) -> None:
     if not (log.is_file() and log.stat().st_size):
         part.skipped.append(f"search curves: no {log} (this run was not searched here)")
     elif _has_gap(log):
-        part.gap = _gap_run(part.name, log, spec)
+        part.gap = _gap_run(part.name, log, _search_spec_of(run))
 
 
 def _run_names(runs: list[Path]) -> list[str]:
@@ -166,7 +173,7 @@ def _has_gap(log: Path) -> bool:
 def gap_runs(runs: list[Path]) -> list[GapRun]:
     """The runs with a search log of the gap G, for Fig. 8 (:func:`nastk.report.figures.gap_figure`)."""
     logs = [(run / "search" / "log.csv", name) for run, name in zip(runs, _run_names(runs))]
-    return [_gap_run(name, log, _spec_of(log.parent.parent)) for log, name in logs if _has_gap(log)]
+    return [_gap_run(name, log, _search_spec_of(log.parent.parent)) for log, name in logs if _has_gap(log)]
 
 
 def _last_logged(table: pd.DataFrame, column: str) -> float | None:
