@@ -15,6 +15,11 @@ Policies (``--policies``):
   fixed     ``--threads <cores>``: every run keeps every core for its whole life, as plain torch
             does (and nastk did before the thread governor)
   one       ``--threads 1`` in every run
+
+``--probe`` first answers why (docs/troubleshooting.md): k processes of a small 3D conv training loop
+(6 conv + instance-norm layers, 4 channels, 2 x 32^3, 40 steps) with every core and OpenMP's spinning
+wait (libgomp's default), with every core and OpenMP threads that sleep (OMP_WAIT_POLICY=passive), and
+with one thread each.
 """
 
 from __future__ import annotations
@@ -52,6 +57,48 @@ def policy_env_args(policy: str, cores: int) -> tuple[dict[str, str], list[str]]
     if policy == "one":
         return env, ["--threads", "1"]
     raise SystemExit(f"--policies: unknown policy {policy!r} (default, fixed, one)")
+
+
+PROBE = """
+import sys, time, torch
+torch.manual_seed(0)
+nn = torch.nn
+block = lambda: (nn.Conv3d(4, 4, 3, padding=1), nn.InstanceNorm3d(4), nn.ReLU())
+net = nn.Sequential(*[m for _ in range(6) for m in block()])
+opt = torch.optim.SGD(net.parameters(), lr=0.01)
+x = torch.randn(2, 4, 32, 32, 32)
+t0 = time.perf_counter()
+for _ in range(40):
+    opt.zero_grad(); net(x).square().mean().backward(); opt.step()
+print(time.perf_counter() - t0)
+"""
+PROBE_SETTINGS = {
+    "every core, spinning wait": {"OMP_NUM_THREADS": "{cores}"},
+    "every core, sleeping wait": {"OMP_NUM_THREADS": "{cores}", "OMP_WAIT_POLICY": "passive"},
+    "one thread": {"OMP_NUM_THREADS": "1"},
+}
+
+
+def probe(cores: int, counts: list[int]) -> Table:
+    """Seconds per process of k copies of the probe loop at once, for each thread setting."""
+    table = Table(title="probe: 40 steps of a small conv net, seconds per process")
+    table.add_column("threads")
+    for k in counts:
+        table.add_column(f"{k} at once")
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    for name, setting in PROBE_SETTINGS.items():
+        env = {**base, **{k: v.format(cores=cores) for k, v in setting.items()}}
+        cells = []
+        for k in counts:
+            procs = [
+                subprocess.Popen([sys.executable, "-c", PROBE], env=env, stdout=subprocess.PIPE, text=True)
+                for _ in range(k)
+            ]
+            times = [float(p.communicate()[0]) for p in procs]
+            cells.append(f"{sum(times) / k:.1f}")
+        table.add_row(name, *cells)
+        Console().print(f"probe {name}: {cells}", highlight=False)
+    return table
 
 
 def prepare(work: Path) -> Path:
@@ -108,8 +155,14 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", default=["default", "fixed"])
     parser.add_argument("--retrain-iters", type=int, default=150)
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temp folder)")
+    parser.add_argument("--probe", action="store_true", help="first the probe loop at 1, 2 and 4 at once")
+    parser.add_argument("--probe-only", action="store_true", help="only the probe loop")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
+    if args.probe or args.probe_only:
+        Console().print(probe(cores, [1, 2, 4]))
+        if args.probe_only:
+            return
     work = args.work or Path(tempfile.mkdtemp(prefix="nastk-concurrency-"))
     work.mkdir(parents=True, exist_ok=True)
     spec = prepare(work)

@@ -30,6 +30,7 @@ from nastk.errors import DataError
 CGROUP = Path("/sys/fs/cgroup")
 PROC_STAT = Path("/proc/stat")
 GOVERNOR_INTERVAL_S = 5.0  # long enough to average over many steps, short against a run's minutes
+GOVERNOR_FIRST_S = 1.0  # the first look comes sooner: runs that start together should not spin for 5 s
 
 # The thread count nastk chose itself (set_threads without --threads or OMP_NUM_THREADS); None when the
 # user chose one, or nothing was set: only then may a training loop govern the pool.
@@ -145,14 +146,16 @@ def cpu_sample() -> CpuSample | None:
 
 
 class ThreadGovernor:
-    """Called after every training step; every ``interval`` seconds it sizes torch's pool to the cores
-    other processes leave free (:func:`fair_threads`) and logs a change to RUN/log.txt."""
+    """Called after every training step; ``first`` seconds after it starts, then every ``interval`` seconds,
+    it sizes torch's pool to the cores other processes leave free (:func:`fair_threads`) and logs a change
+    to RUN/log.txt."""
 
     def __init__(
         self,
         ceiling: int,
         usable: int | None = None,
         interval: float = GOVERNOR_INTERVAL_S,
+        first: float = GOVERNOR_FIRST_S,
         sample: Callable[[], CpuSample | None] = cpu_sample,
         apply: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -161,16 +164,18 @@ class ThreadGovernor:
 
         self.ceiling, self.usable = ceiling, usable or usable_cpus()
         self.interval, self.sample, self.clock = interval, sample, clock
+        self.wait = min(first, interval)
         self.apply = apply or torch.set_num_threads
         self.threads = ceiling
         self.last = sample()
 
     def tick(self, *_: object) -> None:
-        if self.last is None or self.clock() - self.last.wall < self.interval:
+        if self.last is None or self.clock() - self.last.wall < self.wait:
             return
         now = self.sample()
         if now is None:
             return
+        self.wait = self.interval
         others = others_busy(self.last, now)
         self.last = now
         threads = fair_threads(self.usable, self.ceiling, others)

@@ -56,7 +56,13 @@ def test_governor_yields_to_a_neighbour_and_takes_the_cores_back(monkeypatch):
     machine, applied, logged = FakeMachine(), [], []
     monkeypatch.setattr("nastk.logs.record", logged.append)
     gov = ThreadGovernor(
-        2, usable=2, interval=5, sample=machine.sample, apply=applied.append, clock=lambda: machine.wall
+        2,
+        usable=2,
+        interval=5,
+        first=5,
+        sample=machine.sample,
+        apply=applied.append,
+        clock=lambda: machine.wall,
     )
     machine.ours = 2.0
     machine.advance(4)
@@ -77,6 +83,30 @@ def test_governor_yields_to_a_neighbour_and_takes_the_cores_back(monkeypatch):
     machine.advance(5)
     gov.tick()
     assert applied == [1, 2] and len(logged) == 2
+
+
+def test_governor_looks_first_soon_then_every_interval():
+    machine, applied = FakeMachine(), []
+    gov = ThreadGovernor(
+        2,
+        usable=2,
+        interval=5,
+        first=1,
+        sample=machine.sample,
+        apply=applied.append,
+        clock=lambda: machine.wall,
+    )
+    machine.neighbour = 1.0  # a run that started with ours
+    machine.advance(1)
+    gov.tick()
+    assert applied == [1]  # after one second, not five
+    machine.neighbour = 0.0
+    machine.advance(4)
+    gov.tick()
+    assert applied == [1]  # then every five seconds
+    machine.advance(1)
+    gov.tick()
+    assert applied == [1, 2]
 
 
 def test_governor_never_exceeds_the_ceiling():
