@@ -49,13 +49,41 @@ def test_a_choice_outside_the_enum_exits_2(capfd, args, needle):
     code, out, err = nastk(capfd, *args)
     assert code == 2 and needle in err and args[-1] in err, err
     assert "Traceback" not in out + err
+    assert len(err.strip().splitlines()) == 1, err  # one line, like every other bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["report", "--missing", "skip"], ("nastk report", "--missing", "error", "empty")),
+        (["search", "x.yaml", "--threads", "0"], ("nastk search", "--threads", "1")),
+        (["decode", "--top-k", "x"], ("nastk decode", "--top-k", "integer")),
+        (["search", "x.yaml", "--bogus"], ("nastk search", "--bogus")),
+        (["search"], ("nastk search", "spec")),
+        (["bogus"], ("bogus",)),
+    ],
+)
+def test_usage_errors_are_one_line(capfd, args, needles):
+    code, out, err = nastk(capfd, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert all(n in err for n in needles) and "--help" in err and "Value error" not in err, err
+    assert "Traceback" not in out + err
+
+
+def test_help_version_and_bare_command_exit_codes(capfd):
+    assert nastk(capfd, "--help")[0] == 0
+    assert nastk(capfd, "search", "--help")[0] == 0
+    code, out, _ = nastk(capfd, "--version")
+    assert code == 0 and out.startswith("nastk ")
+    code, out, err = nastk(capfd)  # no command: the help, and 2 as click does
+    assert code == 2 and "Commands" in out + err
 
 
 @pytest.mark.parametrize(
     ("command", "choices"),
     [
-        ("search", "csv|tensorboard|mlflow"),
-        ("retrain", "csv|tensorboard|mlflow"),
+        ("search", "csv, tensorboard or mlflow"),
+        ("retrain", "csv, tensorboard or mlflow"),
         ("export", "torchscript|pt2|onnx"),
         ("export", "final|best"),
     ],

@@ -8,21 +8,45 @@ from __future__ import annotations
 
 import sys
 
+import typer
+
 # Importing the command modules registers their commands on the app, in this order (the order of --help).
 # isort: off
 from nastk.cli import specs, architectures, data, training, results, export  # noqa: F401
 
 # isort: on
-from nastk.cli.common import _print_error, app
+from nastk.cli.common import _print_error, _print_usage_error, app
 from nastk.errors import NastkError
 
 __all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    # Typer handles usage errors itself (exit code 2); ours surface here as typed exceptions.
+    # Not standalone, so that usage errors (an unknown choice, a value out of range) reach us and print one
+    # line like every other bad input, not click's usage box; --help, --version and Ctrl-C (130) come back
+    # as exit codes.
     try:
-        app(args=argv, prog_name="nastk")
+        code = app(args=argv, prog_name="nastk", standalone_mode=False)
     except NastkError as exc:
         _print_error(exc)
         sys.exit(2)
+    except typer.Abort:  # end of input at a prompt
+        print("Aborted!", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:
+        # click's exceptions, by name: typer >= 0.22 ships its own copy of click, older typer uses click's
+        if not _is_a(exc, "ClickException"):
+            raise
+        if _is_a(exc, "NoArgsIsHelpError"):  # `nastk` or `nastk CMD` alone: the help is already printed
+            sys.exit(exc.exit_code)
+        if _is_a(exc, "UsageError"):
+            _print_usage_error(exc)
+        else:
+            exc.show()
+        sys.exit(exc.exit_code)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _is_a(exc: BaseException, class_name: str) -> bool:
+    return any(k.__name__ == class_name for k in type(exc).__mro__)

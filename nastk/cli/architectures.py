@@ -39,7 +39,9 @@ def decode(
     discretizer: Annotated[
         str | None, typer.Option(help="Registered discretizer (default: the spec's).")
     ] = None,
-    picture: Annotated[bool, typer.Option(help="Also write a picture next to arch.json.")] = True,
+    picture: Annotated[
+        bool, typer.Option("--picture/--no-picture", help="Also write a picture next to arch.json.")
+    ] = True,
     budget_gb: Annotated[
         float | None,
         typer.Option(
@@ -52,7 +54,10 @@ def decode(
         typer.Option(help="Write the K best distinct architectures to arch_top/ with a table (K >= 2)."),
     ] = 1,
     memory: Annotated[
-        bool, typer.Option(help="Print the estimated training memory at the spec's retraining setting.")
+        bool,
+        typer.Option(
+            "--memory", help="Print the estimated training memory at the spec's retraining setting."
+        ),
     ] = False,
     batch: Annotated[
         int | None, typer.Option(help="Per-GPU batch for the estimate (default: the spec's).")
@@ -169,7 +174,7 @@ def _print_memory(spec, arch, batch: int | None, budget=None) -> None:
     out.print(f"needs {need:.2f} GB per GPU{verdict}", highlight=False)
 
 
-@app.command("import-arch")
+@app.command("import-arch", short_help="Convert another tool's architecture file to arch.json.")
 def import_arch(
     file: Annotated[Path, typer.Argument(help="Architecture file of another tool (e.g. MONAI DiNTS .pth).")],
     out_path: Annotated[Path, typer.Option("--out", help="arch.json to write.")] = Path("arch.json"),

@@ -56,6 +56,13 @@ class ModelFile(str, Enum):
     best = "best"
 
 
+class Missing(str, Enum):
+    """What report does with a reference case that has no prediction."""
+
+    error = "error"
+    empty = "empty"
+
+
 class Logger(str, Enum):
     """Where search and retrain also send their log rows (``nastk.trackers.LOGGERS``; a test keeps the two
     equal: the CLI must not import the library to build its options)."""
@@ -135,15 +142,18 @@ ThreadsOption = Annotated[
     int | None,
     typer.Option(
         min=1,
-        help="CPU threads (default: $OMP_NUM_THREADS, else the cores this process may use: affinity, "
-        "cgroup quota).",
+        metavar="N",
+        help="CPU threads, fixed for the run (default: $OMP_NUM_THREADS, else the cores this process may "
+        "use; training uses fewer while other processes keep some busy: docs/troubleshooting.md).",
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")]
-ChannelsLastOption = Annotated[bool, typer.Option(help="channels_last_3d memory format.")]
-DeterministicOption = Annotated[bool, typer.Option(help="Deterministic algorithms (same spec, same result).")]
+ChannelsLastOption = Annotated[bool, typer.Option("--channels-last", help="channels_last_3d memory format.")]
+DeterministicOption = Annotated[
+    bool, typer.Option("--deterministic", help="Deterministic algorithms (same spec, same result).")
+]
 WorkersOption = Annotated[
-    int | None, typer.Option(min=0, help="Data-loader workers (default: dataset.num_workers).")
+    int | None, typer.Option(min=0, metavar="N", help="Data-loader workers (default: dataset.num_workers).")
 ]
 CompileOption = typer.Option(
     "--compile",
@@ -162,6 +172,15 @@ def _print_error(exc: NastkError) -> None:
         err.print(table)
     else:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_usage_error(exc) -> None:
+    """A click usage error (unknown option or choice, a value out of range) as one line naming the command."""
+    where = exc.ctx.command_path if exc.ctx is not None else "nastk"
+    message = " ".join(exc.format_message().replace("Value error, ", "").split())  # pydantic's prefix
+    err.print(
+        f"error: {where}: {message} (see {where} --help)", markup=False, highlight=False, soft_wrap=True
+    )
 
 
 def _set_threads(threads: int | None) -> None:

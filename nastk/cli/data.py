@@ -22,7 +22,7 @@ from nastk.errors import DataError
 def preprocess(
     spec: SpecArgument,
     workers: Annotated[
-        int | None, typer.Option(min=0, help="Processes (default: dataset.num_workers).")
+        int | None, typer.Option(min=0, metavar="N", help="Processes (default: dataset.num_workers).")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     threads: ThreadsOption = None,
@@ -37,7 +37,7 @@ def preprocess(
     out.print(f"{len(cache.case_ids)} cases preprocessed in {cache.root}", highlight=False)
 
 
-@app.command()
+@app.command(short_help="Plan a complete spec for a new dataset, each value with the rule that set it.")
 def plan(
     dataset: Annotated[
         Path, typer.Argument(help="Dataset folder (MSD task or nnU-Net v2) with dataset.json.")
@@ -47,7 +47,7 @@ def plan(
         typer.Option("--gpu-memory", help="Memory of each GPU in GB (2^30 bytes, as nvidia-smi counts)."),
     ],
     out_path: Annotated[Path, typer.Option("--out", help="Spec YAML to write.")],
-    gpus: Annotated[int, typer.Option(min=1, help="GPUs to search and retrain on.")] = 1,
+    gpus: Annotated[int, typer.Option(min=1, metavar="N", help="GPUs to search and retrain on.")] = 1,
     time_budget: Annotated[
         str | None,
         typer.Option(help="Wall time for the search and the retraining of every fold, e.g. 2d, 36h, 90m."),
@@ -65,8 +65,8 @@ def plan(
             "fingerprint goes there."
         ),
     ] = None,
-    workers: Annotated[int, typer.Option(min=0, help="Processes that read the dataset.")] = 0,
-    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    workers: Annotated[int, typer.Option(min=0, metavar="N", help="Processes that read the dataset.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out if it exists.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Plan a complete spec for a new dataset: spacing, patches, batch, memory budget, normalisation,

@@ -9,9 +9,11 @@ import typer
 
 from nastk.cli.common import (
     DeviceOption,
+    Missing,
     ModelFile,
     SetOption,
     ThreadsOption,
+    _plain,
     _set_threads,
     app,
     out,
@@ -77,18 +79,24 @@ def predict(
     out.print(f"{len(written)} predictions in {output or run / 'predictions'}", highlight=False)
 
 
-@app.command()
+@app.command(short_help="Tables and figures of runs at every stage, or of a --pred folder against --ref.")
 def report(
-    runs: Annotated[list[Path] | None, typer.Argument(help="Run directories to evaluate and rank.")] = None,
+    runs: Annotated[
+        list[Path] | None, typer.Argument(metavar="RUN...", help="Run directories to evaluate and rank.")
+    ] = None,
     pred: Annotated[Path | None, typer.Option(help="Any folder of predictions (instead of runs).")] = None,
     ref: Annotated[Path | None, typer.Option(help="Reference labels: a folder or a dataset.json.")] = None,
-    tolerance: Annotated[list[str] | None, typer.Option(help="NSD tolerance CLASS=MM (repeatable).")] = None,
+    tolerance: Annotated[
+        list[str] | None,
+        typer.Option(metavar="CLASS=MM", help="NSD tolerance in mm of a class (repeatable)."),
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Report folder.")] = None,
     reference: Annotated[
         str | None,
         typer.Option(
+            metavar="NAME",
             help="'paper': the paper's Table 1 rows next to the cross-validation table, Table 2's "
-            "next to the test table."
+            "next to the test table.",
         ),
     ] = None,
     task: Annotated[
@@ -96,12 +104,12 @@ def report(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     missing: Annotated[
-        str,
+        Missing,
         typer.Option(
-            help="Reference cases without a prediction: 'error', or 'empty' to score them as empty "
-            "predictions (the leaderboard says which cases)."
+            help="Reference cases without a prediction: an error, or scored as empty predictions "
+            "(the leaderboard says which cases)."
         ),
-    ] = "error",
+    ] = Missing.error,
 ) -> None:
     """What each run has, at every stage: architectures (Table 1), search curves, the cross-validation
     table, the test leaderboard (Table 2); or a --pred folder scored against --ref. Says what it skipped."""
@@ -110,7 +118,7 @@ def report(
     if reference not in (None, "paper"):
         raise DataError(f"--reference: {reference!r} is not 'paper'")
     options = ReportOptions(
-        parse_tolerances(tolerance or []), out_dir, reference == "paper", task, quiet, missing
+        parse_tolerances(tolerance or []), out_dir, reference == "paper", task, quiet, _plain(missing)
     )
     result = run_report(list(runs or []), pred, ref, options)
     out.print(result.text, markup=False, highlight=False, soft_wrap=True)

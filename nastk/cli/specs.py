@@ -31,7 +31,7 @@ def validate(spec: SpecArgument, set_fields: SetOption = None) -> None:
 @app.command("spec-schema")
 def spec_schema(
     markdown: Annotated[
-        bool, typer.Option(help="A Markdown field reference instead of JSON Schema.")
+        bool, typer.Option("--markdown", help="A Markdown field reference instead of JSON Schema.")
     ] = False,
 ) -> None:
     """Print the JSON Schema of spec files (or, with --markdown, the field reference)."""

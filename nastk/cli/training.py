@@ -31,8 +31,9 @@ from nastk.cli.common import (
 LoggerOption = Annotated[
     Logger,
     typer.Option(
-        help="Also send log rows to tensorboard or mlflow (csv: the CSV only); each needs the extra of "
-        "its name (README)."
+        metavar="NAME",
+        help="csv, tensorboard or mlflow: where log rows go besides the CSV (csv: nowhere else); "
+        "tensorboard and mlflow need the extra of their name (README).",
     ),
 ]
 
@@ -53,13 +54,15 @@ def search(
     out_path: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default runs/<spec name>).")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from RUN/search/checkpoint.pt.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from RUN/search/ checkpoint.pt.")
+    ] = False,
     quiet: QuietOption = False,
     device: DeviceOption = None,
     amp: AmpOption = Amp.off,
     channels_last: ChannelsLastOption = False,
     checkpoint_cells: Annotated[
-        bool, typer.Option(help="Recompute cells in backward to save memory.")
+        bool, typer.Option("--checkpoint-cells", help="Recompute cells in backward to save memory.")
     ] = False,
     compile_net: Annotated[bool, CompileOption] = False,
     deterministic: DeterministicOption = False,
@@ -85,7 +88,7 @@ def retrain(
     out_path: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default: arch.json's folder).")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from RUN/retrain/fold_K/checkpoint.pt.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the fold's checkpoint.pt.")] = False,
     quiet: QuietOption = False,
     device: DeviceOption = None,
     amp: Annotated[
