@@ -51,19 +51,17 @@ class FakeMachine:
     def sample(self) -> CpuSample:
         return CpuSample(self.wall, self.busy, self.own)
 
+    def governor(self, applied: list, ceiling=2, usable=2, first=1.0, interval=5.0) -> ThreadGovernor:
+        """A governor of this machine's samples and clock, recording the counts it applies."""
+        return ThreadGovernor(
+            ceiling, usable, interval, first, self.sample, apply=applied.append, clock=lambda: self.wall
+        )
+
 
 def test_governor_yields_to_a_neighbour_and_takes_the_cores_back(monkeypatch):
     machine, applied, logged = FakeMachine(), [], []
     monkeypatch.setattr("nastk.logs.record", logged.append)
-    gov = ThreadGovernor(
-        2,
-        usable=2,
-        interval=5,
-        first=5,
-        sample=machine.sample,
-        apply=applied.append,
-        clock=lambda: machine.wall,
-    )
+    gov = machine.governor(applied, first=5)
     machine.ours = 2.0
     machine.advance(4)
     gov.tick()
@@ -87,15 +85,7 @@ def test_governor_yields_to_a_neighbour_and_takes_the_cores_back(monkeypatch):
 
 def test_governor_looks_first_soon_then_every_interval():
     machine, applied = FakeMachine(), []
-    gov = ThreadGovernor(
-        2,
-        usable=2,
-        interval=5,
-        first=1,
-        sample=machine.sample,
-        apply=applied.append,
-        clock=lambda: machine.wall,
-    )
+    gov = machine.governor(applied, first=1)
     machine.neighbour = 1.0  # a run that started with ours
     machine.advance(1)
     gov.tick()
@@ -112,9 +102,7 @@ def test_governor_looks_first_soon_then_every_interval():
 def test_governor_never_exceeds_the_ceiling():
     # a torchrun rank's share of the node: idle cores elsewhere on the node are other ranks' share
     machine, applied = FakeMachine(), []
-    gov = ThreadGovernor(
-        2, usable=8, interval=1, sample=machine.sample, apply=applied.append, clock=lambda: machine.wall
-    )
+    gov = machine.governor(applied, ceiling=2, usable=8)
     machine.advance(2)
     gov.tick()
     assert applied == [] and gov.threads == 2
