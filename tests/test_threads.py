@@ -139,17 +139,16 @@ def test_governor_measures_real_neighbours():
 def test_governor_only_when_nastk_chose_the_count(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    # an in-process --deterministic run earlier in the session leaves torch's global flag on
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: False)
     try:
         threads.set_threads(1)  # --threads 1: the user's choice stands for the whole run
         assert threads.thread_governor() is None
         threads.set_threads(None)
         gov = threads.thread_governor()
         assert isinstance(gov, ThreadGovernor) and gov.ceiling == threads.default_threads()
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        try:
-            assert threads.thread_governor() is None  # --deterministic: a fixed split of every sum
-        finally:
-            torch.use_deterministic_algorithms(False)
+        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+        assert threads.thread_governor() is None  # --deterministic: a fixed split of every sum
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         threads.set_threads(None)  # the user's OMP_NUM_THREADS stands
         assert threads.thread_governor() is None

@@ -121,6 +121,13 @@ def gather(items: list, dist: Dist) -> list:
     return [item for part in parts for item in part]
 
 
+def leave_together(dist: Dist) -> None:
+    """A last barrier after a job's work: no rank tears its process group down while another still works
+    (rank 0 decodes or writes post-processing alone). A gloo rank that exits while its peer is still
+    connected was once seen to abort (SIGABRT, "terminate called without an active exception")."""
+    barrier(dist)
+
+
 def teardown(dist: Dist) -> None:
     if dist.enabled and tdist.is_initialized():
         tdist.destroy_process_group()

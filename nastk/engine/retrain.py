@@ -160,6 +160,7 @@ def run_retrain(spec: Spec, arch_path: Path, fold: str, opts: RunOptions) -> lis
                 info = read_dataset(spec.dataset.root, spec.dataset.format)
                 references = {c.id: c.label for c in info.training}
                 update_postprocessing(Path(opts.out), spec.dataset.num_classes, references)
+            dd.leave_together(dist)
             return outs
     finally:
         dd.teardown(dist)

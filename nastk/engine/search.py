@@ -111,7 +111,9 @@ def run_search(spec: Spec, opts: RunOptions) -> Path:
             run_lock(opts.out) if dist.is_main else contextlib.nullcontext(),
             run_log(opts.quiet, dist.is_main),
         ):
-            return _search(spec, opts, dist)
+            run = _search(spec, opts, dist)
+            dd.leave_together(dist)
+            return run
     finally:
         dd.teardown(dist)
 
