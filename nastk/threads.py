@@ -159,6 +159,7 @@ class ThreadGovernor:
         sample: Callable[[], CpuSample | None] = cpu_sample,
         apply: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        current: int | None = None,
     ) -> None:
         import torch
 
@@ -166,7 +167,9 @@ class ThreadGovernor:
         self.interval, self.sample, self.clock = interval, sample, clock
         self.wait = min(first, interval)
         self.apply = apply or torch.set_num_threads
-        self.threads = ceiling
+        # the pool as it is now: an earlier loop of the same process (the quickstart's search before its
+        # retraining) may have left it smaller than the ceiling
+        self.threads = current if current is not None else ceiling
         self.last = sample()
 
     def tick(self, *_: object) -> None:
@@ -196,4 +199,4 @@ def thread_governor() -> ThreadGovernor | None:
 
     if _chosen_by_nastk is None or torch.are_deterministic_algorithms_enabled():
         return None
-    return ThreadGovernor(_chosen_by_nastk)
+    return ThreadGovernor(_chosen_by_nastk, current=torch.get_num_threads())

@@ -99,6 +99,17 @@ def test_governor_looks_first_soon_then_every_interval():
     assert applied == [1, 2]
 
 
+def test_governor_takes_back_what_an_earlier_loop_left_smaller():
+    # one process, two loops (the quickstart's search, then its retraining): the first left one thread
+    machine, applied = FakeMachine(), []
+    gov = ThreadGovernor(
+        2, 2, 5, 1, machine.sample, apply=applied.append, clock=lambda: machine.wall, current=1
+    )
+    machine.advance(1)
+    gov.tick()
+    assert applied == [2] and gov.threads == 2
+
+
 def test_governor_never_exceeds_the_ceiling():
     # a torchrun rank's share of the node: idle cores elsewhere on the node are other ranks' share
     machine, applied = FakeMachine(), []
@@ -147,6 +158,7 @@ def test_governor_only_when_nastk_chose_the_count(monkeypatch):
         threads.set_threads(None)
         gov = threads.thread_governor()
         assert isinstance(gov, ThreadGovernor) and gov.ceiling == threads.default_threads()
+        assert gov.threads == torch.get_num_threads()  # starts from the pool as it is
         monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
         assert threads.thread_governor() is None  # --deterministic: a fixed split of every sum
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
