@@ -10,10 +10,11 @@ Other processes on the same cores are the second half (docs/troubleshooting.md, 
 OpenMP threads (libgomp) spin for a while at the end of every parallel region instead of sleeping, which
 makes two threads on two idle cores fast, but a process whose threads outnumber the cores it really gets
 waits at every region for a thread the scheduler has parked, while the spinning burns the cores the other
-processes need: four runs of two threads each on two cores took 28x as long as one, not 4x. So while a
-training loop runs, :class:`ThreadGovernor` measures every few seconds how many cores other processes keep
-busy and runs only as many threads as are left (at least one): two nastk runs settle on one thread each.
-It is off when the user chose the number of threads, and under ``--deterministic``.
+processes need: four processes of two threads each on two cores took 24x as long as one, not 4x. So while
+a training loop or a prediction's case loop runs, :class:`ThreadGovernor` measures every few seconds how
+many cores other processes keep busy and runs only as many threads as are left (at least one): two nastk
+runs settle on one thread each. It is off when the user chose the number of threads, and under
+``--deterministic``.
 """
 
 from __future__ import annotations

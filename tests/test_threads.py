@@ -216,3 +216,22 @@ def test_training_loop_ticks_the_governor(monkeypatch):
     loop = Loop(0, 3, 1, 10, lambda it: None, None, Reporter(3, 0, False, True, "t"))
     loop.run(lambda it, log: StepResult("p", ""))
     assert len(ticks) == 3
+
+
+def test_predict_ticks_the_governor_once_per_case(retrained, capfd, tmp_path, monkeypatch):
+    from nastk.inference import predict as predict_module
+
+    from conftest import cli_in_process
+
+    ticks = []
+
+    class Recorder:
+        def tick(self):
+            ticks.append(1)
+
+    monkeypatch.setattr(predict_module, "thread_governor", Recorder)
+    _, root, run = retrained
+    args = ["predict", run, "--input", root / "imagesTs", "--folds", "0", "--quiet", "--output", tmp_path]
+    code, _, err = cli_in_process(capfd, *args)
+    assert code == 0, err
+    assert len(ticks) == len(list(tmp_path.glob("*.nii.gz"))) == 2

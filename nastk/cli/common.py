@@ -144,7 +144,8 @@ ThreadsOption = Annotated[
         min=1,
         metavar="N",
         help="CPU threads, fixed for the run (default: $OMP_NUM_THREADS, else the cores this process may "
-        "use; training uses fewer while other processes keep some busy: docs/troubleshooting.md).",
+        "use; training and prediction use fewer while other processes keep some busy: "
+        "docs/troubleshooting.md).",
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or lines.")]

@@ -65,6 +65,7 @@ from nastk.objective import build_losses
 from nastk.progress import Reporter
 from nastk.runspec import record_retrain_spec
 from nastk.spec import Spec
+from nastk.threads import thread_governor
 from nastk.trackers import tracking
 
 PROGRESS_FIGURE = "progress.png"
@@ -106,7 +107,10 @@ def validate(
     net.eval()
     classes = list(range(1, spec.dataset.num_classes))
     rows = []
+    governor = thread_governor()
     for case_id in case_ids:
+        if governor is not None:
+            governor.tick()
         image, label, meta = load_case(cache_root, case_id, mmap=False)
         volume = torch.from_numpy(np.ascontiguousarray(image))
         if oof is None:

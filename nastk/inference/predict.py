@@ -24,6 +24,7 @@ from nastk.logs import record, run_log, start_log_file
 from nastk.network import network_from_model
 from nastk.progress import CaseBars
 from nastk.spec import Spec
+from nastk.threads import thread_governor
 
 
 def input_cases(path: Path, num_channels: int) -> list[Case]:
@@ -180,7 +181,10 @@ def _predict_cases(spec: Spec, cases, models, plan_stats, classes, opts: Predict
     inf, (plan, stats), output, resume = spec.inference, plan_stats, opts.output, opts.resume
     written = []
     bar = CaseBars(len(cases), opts.quiet)
+    governor = thread_governor()  # shares the CPUs with other jobs, as training does
     for case in bar.cases(cases):
+        if governor is not None:
+            governor.tick()
         target = Path(output) / f"{case.id}.nii.gz"
         probs_file = Path(output) / f"{case.id}.npz"
         if resume and target.exists() and (probs_file.exists() or not opts.save_probabilities):
