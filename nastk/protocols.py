@@ -12,11 +12,12 @@ contract, the check catches a missing method.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import numpy as np
-import torch
-from pydantic import BaseModel
+if TYPE_CHECKING:  # annotations only: the CLI imports this module, and --help and completion need no torch
+    import numpy as np
+    import torch
+    from pydantic import BaseModel
 
 # ------------------------------------------------------------------------------------------ nastk.ops
 

@@ -552,3 +552,12 @@ def test_each_data_loader_worker_runs_one_thread():
 
     loader = make_loader(_Threads(), batch_size=1, num_samples=2, num_workers=1)
     assert [int(b) for b in loader] == [1, 1]
+
+
+def test_help_and_completion_do_not_import_torch():
+    """Shell completion runs nastk at every TAB: importing torch made each answer take 1.5 s."""
+    import subprocess
+    import sys
+
+    code = "import sys, nastk.cli; sys.exit(int('torch' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
