@@ -130,8 +130,8 @@ def one_run(spec: Path, run: Path, env: dict, extra: list[str], retrain_iters: i
     retrain = [*NASTK, "retrain", str(spec), "--arch", str(run / "arch.json"), "--fold", "0"]
     retrain += ["--quiet", *extra, *[a for s in sets for a in ("--set", s)]]
     script = " && ".join(subprocess.list2cmdline(c) for c in (search, retrain))
-    log = open(run.with_suffix(".log"), "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(["bash", "-c", script], env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(run.with_suffix(".log"), "w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(["bash", "-c", script], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def measure(spec: Path, work: Path, policy: str, k: int, retrain_iters: int, cores: int) -> list[float]:
