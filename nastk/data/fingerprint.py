@@ -8,7 +8,7 @@ intensities of foreground voxels (up to ``INTENSITY_SAMPLES`` per case, as for t
 
 The cache is ``<cache folder>/fingerprint.json``, the folder as preprocessing's (``dataset.cache_dir``,
 else ``$NASTK_CACHE/<dataset folder name>``, else ``root/.nastk-cache``); it records the hash of
-``dataset.json`` and the files it lists (``preprocess.dataset_fingerprint``), so a changed dataset is read
+``dataset.json`` and the files it lists (``digest.dataset_fingerprint``), so a changed dataset is read
 again. A fingerprint that cannot be read is derived data and is simply computed again.
 
 A dataset that cannot be planned stops with one line naming the reason, before anything is written:
@@ -28,8 +28,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from nastk.data.dataset import DatasetInfo, read_dataset
+from nastk.data.digest import dataset_fingerprint
+from nastk.data.geometry import bounding_box, reorient
 from nastk.data.imageio import READ_ERRORS, Geometry, read_image, read_label, to_array
-from nastk.data.preprocess import _pool, bounding_box, dataset_fingerprint, reorient
+from nastk.data.workers import _pool
 from nastk.errors import DataError
 from nastk.io import atomic_write_text, make_dir
 from nastk.progress import track
@@ -66,7 +68,7 @@ class CaseFingerprint:
 
 @dataclass
 class Fingerprint:
-    dataset: str  # hash of dataset.json and its files (preprocess.dataset_fingerprint)
+    dataset: str  # hash of dataset.json and its files (digest.dataset_fingerprint)
     name: str
     modalities: dict[int, str]
     labels: dict[int, str]

@@ -23,7 +23,6 @@ reading cases back), :mod:`nastk.data.splits` (folds) and :mod:`nastk.data.worke
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -37,7 +36,8 @@ from nastk.data.cache import load_case as load_case
 from nastk.data.cache import load_foreground as load_foreground
 from nastk.data.cache import load_plan as load_plan
 from nastk.data.cache import pad_value as pad_value
-from nastk.data.dataset import Case, DatasetInfo, read_dataset
+from nastk.data.dataset import Case, read_dataset
+from nastk.data.digest import dataset_fingerprint
 from nastk.data.geometry import _crop, resample
 from nastk.data.geometry import bounding_box as bounding_box
 from nastk.data.geometry import reorient as reorient
@@ -53,15 +53,6 @@ from nastk.io import atomic_write_bytes, atomic_write_text, make_dir, remove_sta
 from nastk.progress import track
 
 FG_SAMPLES = 10_000  # foreground locations kept per class and case, for oversampling
-
-
-def dataset_fingerprint(info: DatasetInfo) -> str:
-    h = hashlib.sha256((info.root / "dataset.json").read_bytes())
-    for case in info.training + info.test:
-        for p in (*case.images, case.label):
-            if p is not None:
-                h.update(f"{p.relative_to(info.root.resolve())}:{p.stat().st_size}".encode())
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- one case
