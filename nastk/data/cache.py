@@ -21,7 +21,7 @@ VERSION = 1
 class Plan:
     """Everything that determines the cache content; its hash names the cache folder."""
 
-    dataset: str  # fingerprint of dataset.json and the files it lists
+    dataset: str  # the dataset's resolved folder and dataset.json (digest.dataset_identity)
     spacing: tuple[float, float, float]
     normalization: tuple[str, ...]  # per channel: one of SCHEMES
     labels: tuple[int, ...]
@@ -141,14 +141,16 @@ def npy_problem(path: Path, shape: tuple[int, ...] | None, dtype: np.dtype) -> s
     return None
 
 
-def _case_done(out: Path, case: Case, channels: int) -> bool:
+def _case_done(out: Path, case: Case, channels: int, sources: dict[str, str] | None = None) -> bool:
+    """Whether ``case`` is in the cache, whole, and made from files with the content hashes ``sources``
+    (where given): an edited image or label makes its case stale."""
     if not (out / f"{case.id}.json").exists():
         return False
-    check_cached_case(out, case, channels)
-    return True
+    meta = check_cached_case(out, case, channels)
+    return sources is None or meta.get("sources") == sources
 
 
-def check_cached_case(out: Path, case: Case, channels: int) -> None:
+def check_cached_case(out: Path, case: Case, channels: int) -> dict:
     """A finished case's files are whole: its JSON parses and each array has the header and size it
     should. Atomic writes make a half-written case impossible, so a damaged one means damage from
     outside (a disk error, a manual copy): it is reported rather than silently trained on."""
@@ -166,6 +168,7 @@ def check_cached_case(out: Path, case: Case, channels: int) -> None:
         problem = npy_problem(out / name, expected, dtype)
         if problem:
             raise DataError(f"{out / name}: damaged cache file ({problem}); {hint}")
+    return meta
 
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:

@@ -37,7 +37,15 @@ from nastk.data.cache import load_foreground as load_foreground
 from nastk.data.cache import load_plan as load_plan
 from nastk.data.cache import pad_value as pad_value
 from nastk.data.dataset import Case, read_dataset
-from nastk.data.digest import dataset_fingerprint
+from nastk.data.digest import (
+    DIGESTS_FILE,
+    case_sources,
+    combine,
+    dataset_identity,
+    listed_files,
+    read_digests,
+    save_digests,
+)
 from nastk.data.geometry import _crop, resample
 from nastk.data.geometry import bounding_box as bounding_box
 from nastk.data.geometry import reorient as reorient
@@ -123,8 +131,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _write_case(args) -> str:
-    case, plan, stats, labels, out_dir = args
+    case, plan, stats, labels, out_dir, sources = args
     image, label, meta = process_case(case, plan, stats, labels)
+    meta["sources"] = sources  # the content hashes of the files it was made from
     out_dir = Path(out_dir)
     atomic_write_bytes(out_dir / f"{case.id}_image.npy", _npy_bytes(image))
     if label is not None:
@@ -135,6 +144,14 @@ def _write_case(args) -> str:
 
 
 # --------------------------------------------------------------------------- the whole dataset
+
+
+def _stale_statistics(plan_file: Path, content: str) -> bool:
+    """Whether the cache's CT statistics were computed from other file contents than the dataset's now."""
+    try:
+        return json.loads(plan_file.read_text()).get("content") != content
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: bool = False) -> Cache:
@@ -156,7 +173,7 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
         raise DataError(f"{info.root / 'dataset.json'}: labels must be 0..{len(info.labels) - 1}")
     workers = workers if workers is not None else dataset_spec.num_workers
     plan = Plan(
-        dataset=dataset_fingerprint(info),
+        dataset=dataset_identity(info),
         spacing=tuple(float(s) for s in dataset_spec.spacing),
         normalization=normalization_schemes(dataset_spec, info),
         labels=tuple(sorted(info.labels)),
@@ -174,25 +191,36 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
     remove_stale_temps(out)
     plan_file = out / "plan.json"
     stats = _cached_plan(plan_file, plan) if plan_file.exists() else None
-    todo = [case for case in info.training if not _case_done(out, case, info.num_channels)]
+    # The content of every file, hashed once and then known by (size, mtime, inode): an edited file is
+    # noticed, an unchanged dataset is not read again.
+    index = cache_dir_for(dataset_spec) / DIGESTS_FILE
+    digests, updated = read_digests(listed_files(info), index)
+    sources = {case.id: case_sources(info, case, digests) for case in info.training}
+    content = combine(plan.dataset, digests, info.root)
+    if "ct" in plan.normalization:  # CT statistics are the whole dataset's: an edited file changes every case
+        for case_sources_ in sources.values():
+            case_sources_["(ct statistics of)"] = content
+        if stats is not None and _stale_statistics(plan_file, content):
+            stats = None
+    todo = [case for case in info.training if not _case_done(out, case, info.num_channels, sources[case.id])]
     for case in todo:
         check_headers(case.images, case.label, f"case {case.id}", info.num_channels)
     make_dir(out)
+    save_digests(index, updated)
     if stats is None:
         ct_channels = [c for c, s in enumerate(plan.normalization) if s == "ct"]
         stats = ct_statistics(info, ct_channels, workers, quiet) if ct_channels else {}
-        atomic_write_text(
-            plan_file,
-            json.dumps(
-                {"plan": plan.__dict__, "ct_statistics": stats, "modalities": info.modalities},
-                indent=1,
-                default=list,
-            ),
-        )
-    jobs = [(case, plan, stats, set(info.labels), str(out)) for case in todo]
+    jobs = [(case, plan, stats, set(info.labels), str(out), sources[case.id]) for case in todo]
     with _pool(workers) as pool:
         for _ in track(pool.map(_write_case, jobs), len(jobs), "preprocess", quiet):
             pass
+    plan_text = json.dumps(
+        {"plan": plan.__dict__, "ct_statistics": stats, "modalities": info.modalities, "content": content},
+        indent=1,
+        default=list,
+    )
+    if not plan_file.exists() or plan_file.read_text() != plan_text:  # after the cases it describes
+        atomic_write_text(plan_file, plan_text)
     splits_file = out / "splits.json"
     if not splits_file.exists() or splits_file.read_text() != splits:
         atomic_write_text(splits_file, splits)
