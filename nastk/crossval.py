@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nastk.data.splits import overlap_problem
 from nastk.errors import DataError
 from nastk.inference.postprocess import choose_largest_component, largest_component, write_postprocessing
 from nastk.metrics.dice import dice
@@ -59,6 +60,9 @@ def read_splits(run: Path) -> list[dict[str, list[str]]] | None:
     )
     if not ok:
         raise DataError(f"{path}: 'val' must be a list of case ids in every fold")
+    problem = overlap_problem(data)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     return data
 
 

@@ -97,3 +97,37 @@ def test_two_datasets_with_one_folder_name_never_share_a_cache(tmp_path, capfd, 
     labels = [np.load(f / "case_000_label.npy") for f in folders]
     assert sorted(int((lab == 2).any()) for lab in labels) == [0, 1]  # each its own labels
     assert not (expected_b == 2).any()
+
+
+# ------------------------------------------------------------------------- (e) overlapping splits
+
+
+def _splits_spec(tmp_path: Path, folds: list[dict]) -> Path:
+    root = write_nii_task(tmp_path / "Syn", cases=4)
+    (tmp_path / "splits_final.json").write_text(json.dumps(folds))
+    return spec_file(
+        tmp_path / "spec.yaml",
+        root,
+        dataset={"cache_dir": str(tmp_path / "cache"), "splits_file": str(tmp_path / "splits_final.json")},
+    )
+
+
+def test_a_case_validated_by_two_folds_is_refused(tmp_path, capfd):
+    folds = [
+        {"train": ["case_002", "case_003"], "val": ["case_000", "case_001"]},
+        {"train": ["case_000"], "val": ["case_001", "case_002", "case_003"]},
+    ]
+    code, out, err = cli_in_process(capfd, "preprocess", _splits_spec(tmp_path, folds), "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "splits_final.json" in err and "case_001" in err and "folds 0 and 1" in err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_case_twice_in_one_training_list_is_refused(tmp_path, capfd):
+    folds = [
+        {"train": ["case_002", "case_003", "case_003"], "val": ["case_000", "case_001"]},
+        {"train": ["case_000", "case_001"], "val": ["case_002", "case_003"]},
+    ]
+    code, out, err = cli_in_process(capfd, "preprocess", _splits_spec(tmp_path, folds), "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "case_003 twice in its train list" in err

@@ -57,7 +57,29 @@ def read_splits_file(path: str | Path, case_ids: list[str], num_folds: int) -> l
             raise DataError(f"{where}: fold {k} has {both[0]} in both train and val")
         if not fold["val"] or not fold["train"]:
             raise DataError(f"{where}: fold {k} has an empty train or val list")
+    problem = overlap_problem(data)
+    if problem:
+        raise DataError(f"{where}: {problem}")
     return [{"train": list(f["train"]), "val": list(f["val"])} for f in data]
+
+
+def overlap_problem(folds: list[dict[str, list[str]]]) -> str | None:
+    """Why ``folds`` are not a partition for cross-validation (a case twice in one list, or validated by two
+    folds), or None: each case must be scored once."""
+    seen: dict[str, int] = {}
+    for k, fold in enumerate(folds):
+        for key in ("train", "val"):
+            cases = fold.get(key, [])
+            twice = sorted({c for c in cases if cases.count(c) > 1})
+            if twice:
+                return f"fold {k} lists {twice[0]} twice in its {key} list"
+        for case in fold.get("val", []):
+            if case in seen:
+                return (
+                    f"{case} is in the val lists of folds {seen[case]} and {k} (each case is validated once)"
+                )
+            seen[case] = k
+    return None
 
 
 def _is_fold(item) -> bool:
