@@ -20,6 +20,7 @@ from nastk.data.geometry import CANONICAL
 from nastk.errors import DataError, one_line
 from nastk.io import atomic_write_text, make_dir
 from nastk.network import network_from_model
+from nastk.provenance import check_folds_agree
 from nastk.spec import Spec
 
 FORMATS = ("torchscript", "pt2", "onnx")
@@ -28,13 +29,10 @@ INFERENCE_FILE = "inference.json"
 
 
 def retrained_folds(run: Path, which: str = "final") -> list[int]:
-    """The folds of ``run`` with a ``model_{which}.pt``, in order."""
-    root = Path(run) / "retrain"
-    return sorted(
-        int(p.name.split("_")[1])
-        for p in root.glob("fold_*")
-        if p.name.split("_")[1].isdigit() and (p / f"model_{which}.pt").is_file()
-    )
+    """The folds of ``run`` with a ``model_{which}.pt``, in order (:func:`nastk.provenance.run_folds`)."""
+    from nastk.provenance import run_folds
+
+    return run_folds(Path(run), which)  # the folds the run recorded, not every folder named fold_*
 
 
 def folds_to_export(run: Path, fold: str, which: str = "final") -> list[int]:
@@ -210,6 +208,7 @@ def export_run(
     check_format(fmt)
     run = Path(run)
     folds = folds_to_export(run, fold, which)
+    check_folds_agree(run, folds)
     description = inference_description(spec, run, folds, fmt, which)
     spec_io = (spec.dataset.in_channels, spec.dataset.num_classes)
     nets = {

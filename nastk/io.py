@@ -135,3 +135,70 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
             continue
         removed.append(entry)
     return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    return False
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A temporary folder next to ``path`` to fill; it replaces ``path`` (the whole folder) when the block
+    succeeds, in one step where the system can swap two folders (Linux), so a reader or a crash sees the
+    old folder or the new one, never a mix of both. On failure the temporary folder is removed and
+    ``path`` is left as it was. Temporary folders of killed writers on this host are removed first."""
+    path = Path(path)
+    make_dir(path.parent)
+    host = _host()
+    for entry in path.parent.iterdir():  # what a killed writer left
+        match = _TEMP.match(entry.name)
+        if match and entry.name.startswith(f".{path.name}.") and entry.is_dir():
+            if match["host"] == host and not _alive(int(match["pid"])):
+                _remove_tree(entry)
+    try:
+        tmp = Path(
+            tempfile.mkdtemp(
+                prefix=f".{path.name}.nastk-{os.getpid()}@{host}.", suffix=".tmp", dir=path.parent
+            )
+        )
+    except OSError as exc:
+        raise output_error(path, exc) from None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        if not path.exists():
+            os.rename(tmp, path)
+        elif _exchange(tmp, path):
+            _remove_tree(tmp)  # now the old folder
+        else:  # two renames: a crash between them leaves the old folder under its temporary name
+            old = Path(
+                tempfile.mkdtemp(
+                    prefix=f".{path.name}.nastk-{os.getpid()}@{host}.", suffix=".tmp", dir=path.parent
+                )
+            )
+            os.rename(path, old / path.name)
+            os.rename(tmp, path)
+            _remove_tree(old)
+    except OSError as exc:
+        _remove_tree(tmp)
+        raise output_error(path, exc) from None
+    except BaseException:
+        _remove_tree(tmp)
+        raise

@@ -71,8 +71,17 @@ def save_model(path: Path, net, arch, spec: Spec, fold: int, iteration: int, met
             "iteration": iteration,
             "val_dice": -1.0 if metric is None else metric,
             "spec_hash": spec_hash(spec),
+            "provenance": _fold_provenance(Path(path).parent),
         },
     )
+
+
+def _fold_provenance(folder: Path) -> str:
+    """The fold's provenance record (nastk.provenance) as text, "" where none was written."""
+    try:
+        return (folder / "provenance.json").read_text()
+    except OSError:
+        return ""
 
 
 def architecture_from_model(path: Path, space, state: dict | None = None):

@@ -131,3 +131,251 @@ def test_a_case_twice_in_one_training_list_is_refused(tmp_path, capfd):
     code, out, err = cli_in_process(capfd, "preprocess", _splits_spec(tmp_path, folds), "--quiet")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "case_003 twice in its train list" in err
+
+
+# ------------------------------------------------------------- (b) folds found by what they are
+
+
+def _copy_run(run: Path, dest: Path) -> Path:
+    return Path(shutil.copytree(run, dest, ignore=shutil.ignore_patterns("predictions", "report")))
+
+
+def test_copied_or_odd_fold_folders_are_ignored_with_one_warning(retrained, tmp_path, capfd):
+    _, root, source = retrained
+    run = _copy_run(source, tmp_path / "run")
+    shutil.copytree(run / "retrain" / "fold_0", run / "retrain" / "fold_0_bak")  # cp -r fold_0 fold_0_bak
+    shutil.copytree(run / "retrain" / "fold_1", run / "retrain" / "fold_x")
+
+    code, out, err = cli_in_process(
+        capfd, "predict", run, "--input", root / "imagesTs", "--output", tmp_path / "pred", "--quiet"
+    )
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and "fold_0_bak" in warnings[0] and "fold_x" in warnings[0], err
+    assert "Traceback" not in err
+    assert "fold(s) [0, 1]," in (run / "log.txt").read_text()  # not [0, 0, 1]
+
+    code, out, err = cli_in_process(
+        capfd, "export", run, "--format", "torchscript", "--out", tmp_path / "exp"
+    )
+    assert code == 0, err
+    models = json.loads((tmp_path / "exp" / "inference.json").read_text())["models"]
+    assert [m["fold"] for m in models] == [0, 1]
+    assert sum(line.startswith("warning") for line in err.splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------ (c) provenance
+
+
+def test_each_fold_records_what_it_was_made_from(retrained):
+    _, _, run = retrained
+    records = [json.loads((run / "retrain" / f"fold_{k}" / "provenance.json").read_text()) for k in (0, 1)]
+    for key in ("spec", "arch", "plan", "splits", "dataset"):
+        assert records[0][key] and records[0][key] == records[1][key]
+    import hashlib
+
+    assert records[0]["plan"] == hashlib.sha256((run / "plan.json").read_bytes()).hexdigest()[:16]
+    assert records[0]["splits"] == hashlib.sha256((run / "splits.json").read_bytes()).hexdigest()[:16]
+    import torch
+
+    state = torch.load(run / "retrain" / "fold_1" / "model_final.pt", weights_only=True)
+    assert json.loads(state["provenance"])["arch"] == records[1]["arch"]
+
+
+def test_retraining_a_fold_with_other_settings_into_a_run_is_refused(retrained, tmp_path, capfd):
+    _, _, source = retrained
+    run = _copy_run(source, tmp_path / "run")
+    shutil.rmtree(run / "retrain" / "fold_1")
+    kept = {name: (run / name).read_text() for name in ("plan.json", "splits.json", "spec.yaml")}
+    cache = f"dataset.cache_dir={tmp_path / 'cache'}"  # the shared fixture's cache stays as it was
+    for setting, needle in (
+        ("seed=1", "seed 0 vs 1"),
+        ("dataset.spacing=[1.5,1.5,1.5]", "dataset.spacing"),
+    ):
+        code, out, err = cli_in_process(
+            capfd,
+            "retrain",
+            run / "spec.yaml",
+            "--arch",
+            run / "arch.json",
+            "--fold",
+            "1",
+            "--out",
+            run,
+            "--quiet",
+            "--set",
+            setting,
+            "--set",
+            cache,
+        )
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert "fold_0/provenance.json" in err and "fold_1" in err and needle in err, err
+        assert {name: (run / name).read_text() for name in kept} == kept  # nothing replaced
+        assert not (run / "retrain" / "fold_1" / "provenance.json").exists()
+
+
+def test_folds_made_differently_are_not_ensembled_exported_or_mixed_silently(retrained, tmp_path, capfd):
+    _, root, source = retrained
+    run = _copy_run(source, tmp_path / "run")
+    other = tmp_path / "other"
+    code, _, err = cli_in_process(
+        capfd,
+        "retrain",
+        run / "spec.yaml",
+        "--arch",
+        run / "arch.json",
+        "--fold",
+        "1",
+        "--out",
+        other,
+        "--quiet",
+        "--set",
+        "retrain.iters=3",
+    )
+    assert code == 0, err
+    shutil.rmtree(run / "retrain" / "fold_1")
+    shutil.copytree(other / "retrain" / "fold_1", run / "retrain" / "fold_1")  # a fold from elsewhere
+
+    code, _, err = cli_in_process(
+        capfd, "predict", run, "--input", root / "imagesTs", "--output", tmp_path / "pred", "--quiet"
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "fold_1/provenance.json" in err and "fold_0/provenance.json" in err and "retrain.iters" in err
+    assert not (tmp_path / "pred").exists()
+    code, _, err = cli_in_process(capfd, "export", run, "--format", "torchscript", "--out", tmp_path / "exp")
+    assert code == 2 and "retrain.iters" in err and not (tmp_path / "exp").exists()
+    code, out, err = cli_in_process(capfd, "report", run, "--out", tmp_path / "report", "--quiet")
+    assert code == 0, err
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Folds: what each was trained with" in text and "retrain.iters" in text
+
+
+# -------------------------------------------------- (d) re-decoding a retrained run, top-k folders
+
+
+def _holding_lock(folder: Path):
+    """A second process holding nastk's lock on ``folder`` (kill it when done)."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom nastk.lock import run_lock\n"
+            "lock = run_lock(sys.argv[1])\nlock.__enter__()\nprint('locked', flush=True)\ntime.sleep(300)\n",
+            str(folder),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_decoding_a_retrained_run_keeps_the_architecture_its_folds_were_trained_with(
+    retrained, tmp_path, capfd
+):
+    _, _, source = retrained
+    run = _copy_run(source, tmp_path / "run")
+    trained_with = (run / "arch.json").read_bytes()
+
+    code, out, err = cli_in_process(capfd, "decode", run, "--budget-gb", "1000", "--no-picture")
+    assert code == 0, err
+    assert (run / "arch.json").read_bytes() == trained_with and (run / "arch-2.json").is_file()
+    assert "arch-2.json" in out
+
+    code, out, err = cli_in_process(capfd, "decode", run, "--out", run / "arch.json", "--no-picture")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--force" in err, err
+    assert (run / "arch.json").read_bytes() == trained_with
+
+    holder = _holding_lock(run)  # a retrain running in this run: decode waits its turn
+    try:
+        code, out, err = cli_in_process(capfd, "decode", run, "--force", "--no-picture")
+        assert code == 2 and f"pid {holder.pid}" in err, err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / "arch.json").read_bytes() == trained_with
+
+    code, out, err = cli_in_process(
+        capfd, "decode", run, "--force", "--no-picture", "--out", run / "arch.json"
+    )
+    assert code == 0, err
+
+
+def _searched_run(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    (run / "search").mkdir(parents=True)
+    (run / "spec.yaml").write_text(
+        "space: {params: {layers: 3, depths: 2, filters: 8}}\nops: [skip, conv3x3x3]\n"
+        "search: {patch_size: [16, 16, 16]}\nretrain: {patch_size: [16, 16, 16]}\n"
+        "inference: {patch_size: [16, 16, 16], stride: [8, 8, 8]}\n"
+    )
+    rng = np.random.default_rng(2)
+    np.savez(
+        run / "search" / "arch_params.npz",
+        edge_logits=rng.normal(size=(3, 4)),
+        op_logits=rng.normal(size=(3, 4, 2)),
+    )
+    return run
+
+
+def _folder(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def test_top_k_replaces_its_whole_folder(tmp_path, capfd, monkeypatch):
+    run = _searched_run(tmp_path)
+    code, _, err = cli_in_process(capfd, "decode", run, "--top-k", "5", "--no-picture")
+    assert code == 0, err
+    assert sorted(_folder(run / "arch_top")) == [
+        *(f"arch_{k}.json" for k in range(1, 6)),
+        "architectures.csv",
+    ]
+    code, _, err = cli_in_process(capfd, "decode", run, "--top-k", "2", "--no-picture")
+    assert code == 0, err
+    assert sorted(_folder(run / "arch_top")) == ["arch_1.json", "arch_2.json", "architectures.csv"]
+    assert len((run / "arch_top" / "architectures.csv").read_text().strip().splitlines()) == 3
+    assert not [p for p in run.iterdir() if p.name.startswith(".arch_top")]
+
+    before = _folder(run / "arch_top")
+    import nastk.netstats
+
+    calls = []
+    real = nastk.netstats.architecture_stats
+
+    def killed_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill mid-way
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nastk.netstats, "architecture_stats", killed_on_the_third)
+    try:
+        cli_in_process(capfd, "decode", run, "--top-k", "4", "--no-picture")
+    except KeyboardInterrupt:
+        pass
+    assert len(calls) == 3
+    assert _folder(run / "arch_top") == before  # the old folder, whole
+    assert not [p for p in run.iterdir() if p.name.startswith(".arch_top")]
+
+
+# ---------------------------------------------------------------- (h) damaged params, huge top-k
+
+
+def test_a_truncated_arch_params_file_is_one_line(tmp_path, capfd):
+    run = _searched_run(tmp_path)
+    params = run / "search" / "arch_params.npz"
+    params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])
+    code, _, err = cli_in_process(capfd, "decode", run, "--no-picture")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "arch_params.npz" in err and "not a readable .npz" in err and not (run / "arch.json").exists()
+
+
+def test_a_huge_top_k_is_refused_at_once(tmp_path, capfd):
+    run = _searched_run(tmp_path)
+    code, _, err = cli_in_process(capfd, "decode", run, "--top-k", "1000000", "--no-picture")
+    assert code == 2 and "--top-k" in err and len(err.strip().splitlines()) == 1, err
+    assert not (run / "arch.json").exists()

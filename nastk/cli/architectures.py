@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -25,8 +28,9 @@ def _read_params(path: Path) -> dict:
             params = {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # truncated, damaged
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise DataError(f"{path}: not a readable .npz file ({detail})") from None
     return params
 
 
@@ -62,11 +66,17 @@ def decode(
     batch: Annotated[
         int | None, typer.Option(help="Per-GPU batch for the estimate (default: the spec's).")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace RUN/arch.json although folds were retrained with it (without: a retrained run's "
+            "decoding goes to RUN/arch-N.json).",
+        ),
+    ] = False,
 ) -> None:
     """Discretize searched parameters into a feasible architecture (arch.json + arch.png)."""
-    from nastk.runspec import search_spec_path
-    from nastk.setting import spec_budget
-    from nastk.spec import load_spec, validate
+    from nastk.lock import run_lock
 
     if (run is None) == (params is None):
         raise DataError("give either a RUN directory or --params FILE.npz")
@@ -74,13 +84,29 @@ def decode(
         raise DataError(f"--budget-gb: {budget_gb:g} is not a positive number of GB")
     if top_k < 1:
         raise DataError(f"--top-k: {top_k} must be at least 1")
+    if top_k > MAX_TOP_K:
+        raise DataError(
+            f"--top-k: {top_k} is more than {MAX_TOP_K} (each architecture's statistics take about a second)"
+        )
     if batch is not None and batch < 1:
         raise DataError(f"--batch: {batch} must be at least 1")
+    with run_lock(run) if run is not None and run.is_dir() else nullcontext():  # not under a running retrain
+        _decode(run, params, out_path, ops, discretizer, picture, budget_gb, top_k, memory, batch, force)
+
+
+MAX_TOP_K = 100
+
+
+def _decode(run, params, out_path, ops, discretizer, picture, budget_gb, top_k, memory, batch, force) -> None:
+    from nastk.runspec import search_spec_path
+    from nastk.setting import spec_budget
+    from nastk.spec import load_spec, validate
+
     if run is not None:
         spec_path = search_spec_path(run)  # the search's, not a later retraining's --set
         spec = load_spec(spec_path) if spec_path.exists() else validate({}, "<defaults>")
         params = run / "search" / "arch_params.npz"
-        out_path = out_path or run / "arch.json"
+        out_path = _decoded_path(run, out_path, force)
     else:
         spec = validate({}, "<defaults>")
         out_path = out_path or Path("arch.json")
@@ -130,20 +156,52 @@ def decode(
         _print_memory(spec, arch, batch, budget)
 
 
+def _decoded_path(run: Path, out_path: Path | None, force: bool) -> Path:
+    """Where decoding RUN writes: ``--out``, else RUN/arch.json; but not over the arch.json that folds were
+    retrained with (the report pairs it with their scores) without ``--force``: then RUN/arch-N.json."""
+    from nastk.provenance import record_path, started_folds
+
+    current = run / "arch.json"
+    folds = started_folds(run)
+    if force or not folds or not current.is_file():
+        return out_path or current
+    if out_path is not None and out_path.resolve() == current.resolve():
+        raise DataError(
+            f"{current}: fold(s) {folds} were retrained with this architecture "
+            f"({record_path(run, folds[0])}); decode to another --out, or pass --force to replace it"
+        )
+    if out_path is not None:
+        return out_path
+    n = 2
+    while (run / f"arch-{n}.json").exists():
+        n += 1
+    target = run / f"arch-{n}.json"
+    out.print(
+        f"{current} is what fold(s) {folds} were retrained with: this decoding goes to {target} "
+        "(--force replaces arch.json)",
+        highlight=False,
+    )
+    return target
+
+
 def _write_top_k(spec, archs, folder: Path, budget, picture: bool) -> None:
+    """The K architectures, their pictures and ``architectures.csv``, replacing ``folder`` as a whole: no
+    arch_K.json of an earlier, longer list stays, and a kill leaves the old folder or the new one."""
     import pandas as pd
 
-    from nastk.io import atomic_write_text
+    from nastk.io import atomic_dir, atomic_write_text
     from nastk.netstats import architecture_stats
+    from nastk.progress import track
 
     rows = []
-    for rank, arch in enumerate(archs, 1):
-        path = arch.save(folder / f"arch_{rank}.json")
-        if picture and isinstance(arch, Drawable):
-            arch.draw(path.with_suffix(".png"))
-        rows.append({"rank": rank, "arch": path.name, **architecture_stats(spec, arch, budget)})
-    table = pd.DataFrame(rows)
-    atomic_write_text(folder / "architectures.csv", table.to_csv(index=False, float_format="%.6g"))
+    with atomic_dir(folder) as tmp:
+        for rank, arch in track(enumerate(archs, 1), len(archs), "architecture statistics"):
+            path = arch.save(tmp / f"arch_{rank}.json")
+            if picture and isinstance(arch, Drawable):
+                arch.draw(path.with_suffix(".png"))
+            rows.append({"rank": rank, "arch": path.name, **architecture_stats(spec, arch, budget)})
+        table = pd.DataFrame(rows)
+        atomic_write_text(tmp / "architectures.csv", table.to_csv(index=False, float_format="%.6g"))
     out.print(table.to_string(index=False, float_format=lambda v: f"{v:,.3f}"), highlight=False)
     out.print(f"wrote {len(archs)} architectures and architectures.csv to {folder}", highlight=False)
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from nastk import checkpoint as ckpt
+from nastk import provenance
 from nastk.crossval import SPLITS_FILE, missing_predictions, prediction_file, update_postprocessing
 from nastk.data import augment
 from nastk.data.dataset import read_dataset
@@ -159,7 +160,7 @@ def run_retrain(spec: Spec, arch_path: Path, fold: str, opts: RunOptions) -> lis
             run_lock(opts.out) if dist.is_main else contextlib.nullcontext(),
             run_log(opts.quiet, dist.is_main),
         ):
-            outs = [_retrain_fold(spec, space, arch, k, opts, dist) for k in folds]
+            outs = [_retrain_fold(spec, space, arch, k, opts, dist, arch_path) for k in folds]
             if dist.is_main:
                 info = read_dataset(spec.dataset.root, spec.dataset.format)
                 references = {c.id: c.label for c in info.training}
@@ -170,7 +171,9 @@ def run_retrain(spec: Spec, arch_path: Path, fold: str, opts: RunOptions) -> lis
         dd.teardown(dist)
 
 
-def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd.Dist) -> Path:
+def _retrain_fold(
+    spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd.Dist, arch_path=None
+) -> Path:
     r = spec.retrain
     run = Path(opts.out)
     out = run / "retrain" / f"fold_{fold}"
@@ -186,6 +189,11 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
     seed_everything(spec.seed + fold, opts.deterministic)
     batch = dd.per_rank_batch(spec.search.batch_size * r.batch_multiplier, dist.world_size, "retrain batch")
     cache = prepared_cache(spec, dist, opts.quiet)
+    made_from = None
+    if dist.is_main:  # before anything in the run is replaced: folds are made alike or not at all
+        plan_text, splits_text = ((cache.root / n).read_text() for n in ("plan.json", SPLITS_FILE))
+        made_from = provenance.fold_record(fold, spec, arch, arch_path, plan_text, splits_text)
+        provenance.check_fold_joins(run, made_from)
     split = cache.splits()[fold]
     ds = PatchDataset(
         cache.root, split["train"], tuple(r.patch_size), spec.dataset.fg_fraction, seed=spec.seed * 7 + fold
@@ -200,6 +208,7 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
         if dist.is_main:
             _copy_into_run(cache.root, run)
             record_retrain_spec(run, fold, spec)
+            provenance.write_record(run, made_from)
             start_log_file(run)
         _finish_out_of_fold(parts.net, cache.root, split["val"], spec, dist, opts, oof)
         return out
@@ -210,6 +219,7 @@ def _retrain_fold(spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd
     if dist.is_main:  # predict and cross-validation need these, even where the training data is not at hand
         _copy_into_run(cache.root, run)
         record_retrain_spec(run, fold, spec)  # after the resume's spec check: a refused spec is not recorded
+        provenance.write_record(run, made_from)  # what the fold is made from; its models carry it too
         start_log_file(run)
         how = "resumed" if start else "started"
         record(f"retrain fold {fold} {how} at iteration {start} of {total} in {out}")

@@ -23,6 +23,7 @@ from nastk.io import make_dir, remove_stale_temps
 from nastk.logs import record, run_log, start_log_file
 from nastk.network import network_from_model
 from nastk.progress import CaseBars
+from nastk.provenance import check_folds_agree, run_folds
 from nastk.spec import Spec
 from nastk.threads import thread_governor
 
@@ -116,9 +117,7 @@ def load_fold_models(
     run: Path, folds: list[int] | None, which: str, device: torch.device, spec_io: tuple[int, int]
 ):
     root = run / "retrain"
-    available = sorted(
-        int(p.name.split("_")[1]) for p in root.glob("fold_*") if (p / f"model_{which}.pt").exists()
-    )
+    available = run_folds(run, which)  # the folds the run recorded, not every folder named fold_*
     if not available:
         raise DataError(f"{root}: no retrained folds with model_{which}.pt (run `nastk retrain` first)")
     folds = folds if folds is not None else available
@@ -127,6 +126,7 @@ def load_fold_models(
         raise DataError(
             f"--folds: fold(s) {missing} have no model_{which}.pt in {root} (available: {available})"
         )
+    check_folds_agree(run, folds)  # an ensemble of folds made alike only
     models = []
     for k in folds:
         path = root / f"fold_{k}" / f"model_{which}.pt"

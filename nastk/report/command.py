@@ -158,6 +158,14 @@ def _write_runs(parts: list[_RunParts], out: Path, reference: bool, task: str | 
     if "cv_folds" in shown:
         shown["cv_folds"] = ["" if pd.isna(v) else str(int(v)) for v in shown["cv_folds"]]
     sections.append("## Architectures\n\n" + markdown_table(shown))
+    fold_rows = [{"run": p.name, **row} for p in parts for row in p.folds]
+    if fold_rows:
+        sections.append(
+            "## Folds: what each was trained with\n\n"
+            "Hashes of the settings, architecture, preprocessing plan, folds and data each fold's model was "
+            "made from (`retrain/fold_K/provenance.json`).\n\n"
+            + markdown_table(pd.DataFrame(fold_rows).fillna(""))
+        )
     for p in parts:
         if isinstance(p.arch, Drawable):
             name = f"arch_{p.name}.png" if several else "arch.png"

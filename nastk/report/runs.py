@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nastk import registry
+from nastk import provenance, registry
 from nastk.crossval import choose, chosen_scores, fold_status, read_splits, score_folds
 from nastk.data.dataset import DatasetInfo, images_by_name, read_dataset
 from nastk.errors import DataError, one_line
@@ -51,6 +51,8 @@ class _RunParts:
     unlabelled: list[str] = field(default_factory=list)
     gap: GapRun | None = None
     skipped: list[str] = field(default_factory=list)
+    trained: list[int] = field(default_factory=list)  # the folds the run recorded with a model_final.pt
+    folds: list[dict] = field(default_factory=list)  # what each fold was trained with (its provenance)
 
 
 def _dataset_of(run: Path, spec: Spec) -> tuple[DatasetInfo | None, str | None]:
@@ -81,7 +83,7 @@ def _retrain_hint(run: Path, fold: int | str) -> str:
 
 def _cross_validation(part: _RunParts, classes: list[int], tol: dict[int, float], quiet: bool) -> None:
     run = part.run
-    if not any((run / "retrain").glob("fold_*/model_final.pt")):
+    if not part.trained:
         part.skipped.append(f"cross-validation: no retrained fold in {run / 'retrain'} (run `nastk retrain`)")
         return
     splits = read_splits(run)
@@ -112,6 +114,20 @@ def _cross_validation(part: _RunParts, classes: list[int], tol: dict[int, float]
     part.decision = choose(part.cv)
 
 
+def _fold_agreement(part: _RunParts) -> None:
+    """A line in the report where the retrained folds were not made alike (the table of folds says how)."""
+    records = [(k, provenance.read_record(part.run, k)) for k in part.trained]
+    records = [(k, r) for k, r in records if r is not None]
+    for k, record in records[1:]:
+        problem = provenance.mismatch(records[0][1], record)
+        if problem:
+            part.skipped.append(
+                f"folds {records[0][0]} and {k} were trained with {problem[0]} ({problem[1]}): the "
+                "cross-validation table mixes them; see the table of folds"
+            )
+            return
+
+
 def _no_dataset(part: _RunParts) -> str:
     return _dataset_of(part.run, part.spec)[1] or "no dataset"
 
@@ -140,18 +156,62 @@ def _search_part(part: _RunParts) -> None:
     run, spec = part.run, part.spec
     space = registry.load("spaces", spec.space.name)
     arch_file = run / "arch.json"
-    trained = sorted((run / "retrain").glob("fold_*/model_final.pt"))
+    trained = [run / "retrain" / f"fold_{k}" / "model_final.pt" for k in part.trained]
     if arch_file.is_file():
         part.arch = space.load_arch(arch_file)
-    elif trained and isinstance(space, SearchSpace):  # retrained from an arch.json kept elsewhere
+    if trained and isinstance(space, SearchSpace) and not _trained_with(part, arch_file):
+        # retrained from an arch.json kept elsewhere, or arch.json decoded again since: the table pairs the
+        # folds' scores with the architecture they were trained with
         part.arch = architecture_from_model(trained[0], space)
-    else:
+    if part.arch is None:
         part.skipped.append(f"architecture: no {arch_file} (run `nastk search` or `nastk decode`)")
     log = run / "search" / "log.csv"
     if not (log.is_file() and log.stat().st_size):
         part.skipped.append(f"search curves: no {log} (this run was not searched here)")
     elif _has_gap(log):
         part.gap = _gap_run(part.name, log, _search_spec_of(run))
+
+
+def _trained_with(part: _RunParts, arch_file: Path) -> bool:
+    """Whether ``arch_file`` is the architecture the run's folds were trained with (as far as their
+    provenance records say; True for folds without one and an arch.json that exists)."""
+    if part.arch is None:
+        return False
+    records = [r for r in part.folds if r.get("arch")]
+    if not records:
+        return True
+    if provenance.arch_hash(part.arch) == records[0]["arch"]:
+        return True
+    part.skipped.append(
+        f"architecture: {arch_file} is not what the retrained folds were trained with "
+        f"({provenance.record_path(part.run, records[0]['fold'])}: {records[0].get('arch_file')}); "
+        "the table shows the folds' architecture"
+    )
+    return False
+
+
+def fold_rows(run: Path) -> list[dict]:
+    """What each fold that began retraining was trained with: the hashes of its settings, architecture,
+    plan, folds and data (its provenance record), and a note where folds differ."""
+    rows = []
+    for k in provenance.started_folds(run):
+        record = provenance.read_record(run, k)
+        if record is None:
+            rows.append({"fold": k, "spec": "(no record: trained by an older nastk)"})
+            continue
+        rows.append(
+            {
+                "fold": k,
+                "spec": record["spec"],
+                "arch": record["arch"],
+                "arch_file": record.get("arch_file"),
+                "plan": record["plan"],
+                "spacing": record.get("plan_settings", {}).get("plan.spacing"),
+                "splits": record["splits"],
+                "dataset": record.get("dataset"),
+            }
+        )
+    return rows
 
 
 def _run_names(runs: list[Path]) -> list[str]:
@@ -221,6 +281,9 @@ def _collect(run: Path, name: str, tolerances: dict[int, float], quiet: bool, mi
     spec = _spec_of(run)
     part = _RunParts(run, name, spec)
     part.info, _ = _dataset_of(run, spec)
+    part.trained = provenance.run_folds(run)
+    part.folds = fold_rows(run)
+    _fold_agreement(part)
     _search_part(part)
     if part.info is not None:
         classes = sorted(c for c in part.info.labels if c > 0)
