@@ -8,8 +8,10 @@ argmax are the caller's, as ``inference.json`` describes them.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -17,8 +19,8 @@ import torch
 
 from nastk.data.cache import Plan, load_plan
 from nastk.data.geometry import CANONICAL
-from nastk.errors import DataError, one_line
-from nastk.io import atomic_write_text, make_dir
+from nastk.errors import DataError, NastkError, OutputError, one_line
+from nastk.io import atomic_path, atomic_write_text, make_dir
 from nastk.network import network_from_model
 from nastk.provenance import check_folds_agree
 from nastk.spec import Spec
@@ -70,14 +72,25 @@ def save_torchscript(net: torch.nn.Module, example: torch.Tensor, path: Path) ->
             module = torch.jit.script(net)
         except Exception:  # scripting rejects much ordinary Python; tracing records what one forward does
             module = torch.jit.trace(net, example, check_trace=False)
-        module.save(str(path))
+        buffer = io.BytesIO()  # serialised here, written by Python: a full disk is an OSError, not an abort
+        torch.jit.save(module, buffer)
+    _write_bytes(path, buffer.getvalue())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def save_pt2(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     """``torch.export`` with a free batch size (windows per call), the patch fixed."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    _write_bytes(path, buffer.getvalue())
 
 
 def save_onnx(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -222,12 +235,14 @@ def export_run(
     for k, net in nets.items():
         target = Path(out) / f"fold_{k}" / MODEL_FILES[fmt]
         make_dir(target.parent)
-        try:
-            with torch.no_grad():
-                SAVERS[fmt](net, example, target)
-        except DataError:
+        try:  # atomically: a failure (a full disk) leaves the previous file or none, never half of one
+            with atomic_path(target, ext=target.suffix) as tmp, torch.no_grad():
+                SAVERS[fmt](net, example, tmp)
+        except NastkError:  # OutputError: "no space left writing ..."
             raise
         except Exception as exc:  # an exporter's failure on an op is the user's to report, in one line
+            if "no space left" in str(exc).lower():  # a C++ writer's message
+                raise OutputError(f"no space left writing {target}; the file was left as it was") from None
             raise DataError(f"{run}/retrain/fold_{k}: cannot export as {fmt} ({one_line(exc)})") from None
         written.append(target)
     info = Path(out) / INFERENCE_FILE

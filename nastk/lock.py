@@ -28,7 +28,7 @@ def _holder(path: Path) -> str:
     return text if text.isdigit() else "unknown"
 
 
-def _acquire(path: Path) -> int:
+def _acquire(path: Path, option: str = "--out") -> int:
     """An open descriptor of ``path`` holding its lock, with our PID written into it."""
     for _ in range(10):
         try:
@@ -42,8 +42,8 @@ def _acquire(path: Path) -> int:
             if exc.errno not in (errno.EACCES, errno.EAGAIN):
                 raise output_error(path, exc) from None
             raise OutputError(
-                f"{path.parent}: another nastk process (pid {_holder(path)}) is using this run directory "
-                f"(lock {path}); wait for it to finish, or use another --out"
+                f"{path.parent}: another nastk process (pid {_holder(path)}) is using this folder "
+                f"(lock {path}); wait for it to finish, or use another {option}"
             ) from None
         # The previous holder unlinks the file when it finishes: if it did so between our open and
         # our lock, we hold a lock on a file nobody else will see. Retry on the new one.
@@ -69,8 +69,9 @@ def _missing_dirs(path: Path) -> list[Path]:
 
 
 @contextmanager
-def run_lock(run: str | Path) -> Iterator[Path]:
-    """Hold the lock on ``run`` (created if needed) for the block.
+def run_lock(run: str | Path, option: str = "--out") -> Iterator[Path]:
+    """Hold the lock on ``run`` (created if needed) for the block; ``option``: what the refusal suggests
+    changing (predict locks its ``--output``).
 
     On the way out the lock file is removed, and so are the folders this call created if the run
     left them empty: a run refused for bad input leaves nothing behind.
@@ -80,7 +81,7 @@ def run_lock(run: str | Path) -> Iterator[Path]:
     path = run / LOCK_NAME
     try:
         make_dir(run)
-        fd = _acquire(path)
+        fd = _acquire(path, option)
     except BaseException:
         _remove_empty(created)
         raise

@@ -14,6 +14,7 @@ from nastk.setting import (
     DEFAULT_RESERVE_GB,
     MemoryBudget,
     TrainingSetting,
+    format_gb,
     global_retrain_batch,
     required_gb,
     retrain_setting,
@@ -36,5 +37,6 @@ __all__ = [
     "load_ops",
     "required_gb",
     "retrain_setting",
+    "format_gb",
     "usable_bytes",
 ]

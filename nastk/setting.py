@@ -88,6 +88,11 @@ def usable_bytes(
     return (budget_gb - reserve_gb) * GIB / (1.0 + margin)
 
 
+def format_gb(value: float) -> str:
+    """GB for a message: two decimals from 0.1 GB up, two significant digits below (0.0042, never 0.00)."""
+    return f"{value:.2f}" if abs(value) >= 0.1 or value == 0 else f"{value:.2g}"
+
+
 def required_gb(
     nbytes: float, margin: float = DEFAULT_MARGIN, reserve_gb: float = DEFAULT_RESERVE_GB
 ) -> float:

@@ -379,3 +379,87 @@ def test_a_huge_top_k_is_refused_at_once(tmp_path, capfd):
     code, _, err = cli_in_process(capfd, "decode", run, "--top-k", "1000000", "--no-picture")
     assert code == 2 and "--top-k" in err and len(err.strip().splitlines()) == 1, err
     assert not (run / "arch.json").exists()
+
+
+# ------------------------------------------------------------------- (f) predict locks its output
+
+
+def test_a_second_predict_into_one_output_folder_is_refused(retrained, tmp_path, capfd):
+    _, root, run = retrained
+    output = tmp_path / "pred"
+    output.mkdir()
+    holder = _holding_lock(output)  # a first predict writing there
+    try:
+        code, _, err = cli_in_process(capfd, "predict", run, "--input", root / "imagesTs", "--output", output)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"pid {holder.pid}" in err and "--output" in err
+        assert not list(output.glob("*.nii.gz"))
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ------------------------------------------------------------------ (g) export under a full disk
+
+
+def test_export_under_a_full_disk_is_no_space_left_and_leaves_no_half_file(
+    retrained, tmp_path, capfd, monkeypatch
+):
+    import errno
+
+    import nastk.export
+
+    _, _, run = retrained
+    out = tmp_path / "exp"
+    code, _, err = cli_in_process(capfd, "export", run, "--format", "torchscript", "--out", out)
+    assert code == 0, err
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full_disk(path, data):
+        with open(path, "wb") as fh:
+            fh.write(data[: len(data) // 3])  # part of it made it to disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(nastk.export, "_write_bytes", full_disk)
+    code, _, err = cli_in_process(capfd, "export", run, "--format", "torchscript", "--out", out)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no space left" in err, err
+    assert "model.ts" in err and "Traceback" not in err
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the previous export, whole; no temporary file left
+
+
+# ------------------------------------------------------------------------- (i) absurd and tiny budgets
+
+
+def _budget_spec(tmp_path: Path, **memory) -> Path:
+    root = write_nii_task(tmp_path / "Syn", cases=4)
+    losses = [{"name": "dice_ce"}, {"name": "memory", "params": memory}]
+    return spec_file(
+        tmp_path / "spec.yaml",
+        root,
+        dataset={"cache_dir": str(tmp_path / "cache")},
+        losses=losses,
+        retrain={"gpus": 1},
+    )
+
+
+def test_a_budget_that_can_never_bind_searches_at_sigma_one(tmp_path, capfd):
+    import csv
+
+    spec = _budget_spec(tmp_path, budget_gb=1e300)
+    code, out, err = cli_in_process(capfd, "search", spec, "--out", tmp_path / "run", "--quiet")
+    assert code == 0, err  # it died at iteration 4 with "memory is inf ... lower the LR"
+    assert "never binds" in err and "sigma 1" in err
+    with open(tmp_path / "run" / "search" / "log.csv") as fh:
+        sigmas = {float(row["sigma_eff"]) for row in csv.DictReader(fh) if row.get("sigma_eff")}
+    assert sigmas == {1.0}
+
+
+def test_budget_messages_do_not_round_tiny_numbers_to_zero(tmp_path, capfd):
+    spec = _budget_spec(tmp_path, budget_gb=1e-6, reserve_gb=0)
+    code, out, err = cli_in_process(capfd, "validate", spec)
+    assert code == 2 and "smallest network" in err, err
+    assert "0.00 GB" not in err
+    from nastk.setting import format_gb
+
+    assert [format_gb(v) for v in (0.0004, 0.0123, 0.5, 12.345)] == ["0.0004", "0.012", "0.50", "12.35"]

@@ -99,7 +99,7 @@ MAX_TOP_K = 100
 
 def _decode(run, params, out_path, ops, discretizer, picture, budget_gb, top_k, memory, batch, force) -> None:
     from nastk.runspec import search_spec_path
-    from nastk.setting import spec_budget
+    from nastk.setting import format_gb, spec_budget
     from nastk.spec import load_spec, validate
 
     if run is not None:
@@ -141,7 +141,7 @@ def _decode(run, params, out_path, ops, discretizer, picture, budget_gb, top_k, 
     estimate = getattr(arch, "extra", {}).get("memory", {}).get("estimated_gb")
     if budget is not None and estimate is not None:
         out.print(
-            f"budget {budget.gb:g} GB at {budget.setting.describe()}: estimated {estimate:.2f} GB",
+            f"budget {budget.gb:g} GB at {budget.setting.describe()}: estimated {format_gb(estimate)} GB",
             highlight=False,
         )
     out.print(f"wrote {out_path}", highlight=False)
@@ -208,7 +208,7 @@ def _write_top_k(spec, archs, folder: Path, budget, picture: bool) -> None:
 
 def _print_memory(spec, arch, batch: int | None, budget=None) -> None:
     from nastk.netstats import training_memory
-    from nastk.setting import MemoryBudget, retrain_setting, spec_budget
+    from nastk.setting import MemoryBudget, format_gb, retrain_setting, spec_budget
 
     setting = retrain_setting(spec, batch)
     budget = budget or spec_budget(spec, batch_size=batch) or MemoryBudget(0.0, setting)
@@ -229,7 +229,7 @@ def _print_memory(spec, arch, batch: int | None, budget=None) -> None:
     verdict = ""
     if budget.gb:
         verdict = f": {'fits' if need <= budget.gb else 'does NOT fit'} the budget of {budget.gb:g} GB"
-    out.print(f"needs {need:.2f} GB per GPU{verdict}", highlight=False)
+    out.print(f"needs {format_gb(need)} GB per GPU{verdict}", highlight=False)
 
 
 @app.command("import-arch", short_help="Convert another tool's architecture file to arch.json.")

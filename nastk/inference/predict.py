@@ -19,7 +19,8 @@ from nastk.inference.postprocess import POSTPROCESSING_FILE, largest_component, 
 from nastk.inference.probabilities import restore_probabilities, write_probabilities
 from nastk.inference.sliding_window import sliding_window_predict
 from nastk.inference.writer import write_label
-from nastk.io import make_dir, remove_stale_temps
+from nastk.io import remove_stale_temps
+from nastk.lock import run_lock
 from nastk.logs import record, run_log, start_log_file
 from nastk.network import network_from_model
 from nastk.progress import CaseBars
@@ -164,9 +165,10 @@ def run_predict(spec: Spec, run: Path, input_path: Path, opts: PredictOptions) -
     spec_io = (spec.dataset.in_channels, spec.dataset.num_classes)
     folds, models = load_fold_models(Path(run), opts.folds, opts.model, dev, spec_io)
     classes, post = postprocessing_classes(spec, Path(run))
-    make_dir(output)  # after every check: a bad model leaves no empty output folder behind
-    remove_stale_temps(output)
-    with run_log(quiet):
+    # after every check: a bad model leaves no empty output folder behind; locked, as a run is: two predicts
+    # into one folder would each overwrite the other's cases
+    with run_lock(output, "--output"), run_log(quiet):
+        remove_stale_temps(output)
         start_log_file(run)
         record(
             f"predict {len(cases)} case(s) from {input_path}, fold(s) {folds}, model_{opts.model}: {output}"

@@ -95,7 +95,7 @@ def decode_best(
     if budget is None:
         mem, limit = np.zeros_like(cost), np.inf
     else:
-        from nastk.plugin import load_ops
+        from nastk.plugin import format_gb, load_ops
         from nastk_dints.budget import memory_model
 
         builders = ops if ops is not None else load_ops(op_names)
@@ -107,7 +107,7 @@ def decode_best(
         need = budget.required_gb(float(mem[np.arange(n_layers), smallest].sum()))
         raise DataError(
             f"no feasible architecture fits {budget.gb:g} GB at {budget.setting.describe()}: with the "
-            f"searched ops the smallest needs {need:.2f} GB"
+            f"searched ops the smallest needs {format_gb(need)} GB"
         )
     c_max = topo.patterns[cost.argmin(1)]
     out = []

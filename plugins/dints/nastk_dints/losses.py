@@ -205,7 +205,9 @@ class memory(_ArchLoss):  # noqa: N801
         self._fixed = float(total.stem.sum() + total.head.max())
         usable = usable_bytes(self.params.budget_gb, self.params.margin, self.params.reserve_gb)
         m_a = largest_memory(supernet.params.layers, total.resample, total.op)
-        self.sigma = (usable - self._fixed) / m_a
+        # A budget above the largest network never binds: sigma 1 (the largest network), not the huge (or
+        # infinite) ratio that an absurd budget_gb such as 1e300 would give and no loss could reach.
+        self.sigma = float(min(1.0, max(0.0, (usable - self._fixed) / m_a)))
 
     def _bound_costs(self, supernet) -> tuple[np.ndarray, np.ndarray]:
         if self._costs is None:
@@ -248,7 +250,7 @@ class memory(_ArchLoss):  # noqa: N801
         can build at the retraining setting, and binds only below the largest."""
         if self.params.budget_gb is None:
             return [], []
-        from nastk.plugin import global_retrain_batch, retrain_setting
+        from nastk.plugin import format_gb, global_retrain_batch, retrain_setting
         from nastk_dints.budget import memory_model
         from nastk_dints.params import DiNTSParams
 
@@ -273,8 +275,8 @@ class memory(_ArchLoss):  # noqa: N801
             return [
                 (
                     "budget_gb",
-                    f"{p.budget_gb:g} GB is below the {need_small:.2f} GB that the smallest network of "
-                    f"this space needs {where}",
+                    f"{p.budget_gb:g} GB is below the {format_gb(need_small)} GB that the smallest network "
+                    f"of this space needs {where}",
                 )
             ], []
         if p.budget_gb >= need_large:
@@ -282,7 +284,8 @@ class memory(_ArchLoss):  # noqa: N801
                 (
                     "budget_gb",
                     f"{p.budget_gb:g} GB never binds: the largest network of this space needs "
-                    f"{need_large:.2f} GB {where}",
+                    f"{format_gb(need_large)} GB {where}; the search then targets the largest network "
+                    "(sigma 1)",
                 )
             ]
         return [], []
