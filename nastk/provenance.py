@@ -32,6 +32,7 @@ from typing import Any
 from nastk.errors import DataError
 
 PROVENANCE_FILE = "provenance.json"
+MADE_FROM = "made_from"  # the key of a decoded architecture's record
 VERSION = 1
 # Spec fields that do not change what a fold's model is (how often it logs, where its cache is, how
 # predict runs it); every other field of the resolved spec is compared.
@@ -91,8 +92,23 @@ def differences(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> str
 
 
 def arch_hash(arch) -> str:
-    """The architecture's hash, from its canonical JSON (the same network from any file)."""
-    return text_hash(json.dumps(json.loads(arch.to_json()), sort_keys=True))
+    """The architecture's hash, from its canonical JSON without its ``made_from`` record (the same network
+    from any file, however it was decoded)."""
+    data = json.loads(arch.to_json())
+    data.pop(MADE_FROM, None)
+    return text_hash(json.dumps(data, sort_keys=True))
+
+
+def stamp_architecture(arch, params: Path, spec_file: Path | None, budget_gb: float | None) -> None:
+    """Record in a decoded architecture (its ``extra``, saved with it) what it was decoded from: the hashes
+    of the searched parameters and of the search's spec, and the GB budget."""
+    extra = getattr(arch, "extra", None)
+    if isinstance(extra, dict):
+        extra[MADE_FROM] = {
+            "arch_params": file_hash(Path(params)),
+            "spec": file_hash(Path(spec_file)) if spec_file is not None else None,
+            "budget_gb": budget_gb,
+        }
 
 
 def plan_summary(plan_text: str | None) -> dict[str, Any]:

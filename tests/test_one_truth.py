@@ -180,6 +180,11 @@ def test_each_fold_records_what_it_was_made_from(retrained):
 
     state = torch.load(run / "retrain" / "fold_1" / "model_final.pt", weights_only=True)
     assert json.loads(state["provenance"])["arch"] == records[1]["arch"]
+    made_from = json.loads((run / "arch.json").read_text())["made_from"]  # the decoded architecture's record
+    params = hashlib.sha256((run / "search" / "arch_params.npz").read_bytes()).hexdigest()[:16]
+    assert made_from["arch_params"] == params and made_from["spec"]
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["content"] == records[0]["dataset"]  # the plan records the dataset's content key
 
 
 def test_retraining_a_fold_with_other_settings_into_a_run_is_refused(retrained, tmp_path, capfd):

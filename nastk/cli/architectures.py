@@ -135,6 +135,12 @@ def _decode(run, params, out_path, ops, discretizer, picture, budget_gb, top_k, 
             archs = [disc(arrays, space_params, op_names)]
     except ValueError as exc:
         raise DataError(f"{params}: {exc}") from None
+    from nastk.provenance import stamp_architecture
+
+    for each in archs:  # what each was decoded from, saved with it
+        stamp_architecture(
+            each, params, spec_path if run is not None else None, budget.gb if budget else None
+        )
     arch = archs[0]
     arch.save(out_path)
     out.print(arch.summary(), markup=False, highlight=False)

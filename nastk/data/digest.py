@@ -1,7 +1,7 @@
 """What identifies a dataset's content: the key of the preprocessing cache and of the fingerprint.
 
 Every listed file is known by a hash of its contents (BLAKE2b, about 1 GB/s on one core). The hashes are
-kept in an index (``sources.json`` in the dataset's cache folder) with each file's resolved path, size,
+kept in an index (``sources.json`` in the cache folder) with each file's resolved path, size,
 mtime and inode, so that checking an unchanged dataset reads no image: a file whose size, mtime or inode
 changed is hashed again. An edit in place that keeps the size changes the mtime, so it is noticed.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from nastk.data.dataset import DatasetInfo
 
-DIGESTS_FILE = "sources.json"  # the index of content hashes, in the dataset's cache folder
+DIGESTS_FILE = "sources.json"  # the index of content hashes, in the cache folder
 _CHUNK = 1 << 20
 
 
@@ -120,11 +120,7 @@ def combine(identity: str, digests: dict[Path, str], root: Path) -> str:
 
 def dataset_fingerprint(info: DatasetInfo, index: Path | None = None) -> str:
     """The dataset's content key: its folder, dataset.json, and the content of every file it lists.
-    ``index``: where `preprocess` keeps the content hashes (default: the dataset's default cache folder);
-    read, never written here (a refused `nastk plan` writes nothing)."""
-    if index is None:
-        from nastk.data.cache import default_cache_dir
-
-        index = default_cache_dir(info.root) / DIGESTS_FILE
+    ``index``: an index of content hashes to read (never written here: a refused `nastk plan` writes
+    nothing); without one every file is read."""
     digests, _ = read_digests(listed_files(info), index)
     return combine(dataset_identity(info), digests, info.root)

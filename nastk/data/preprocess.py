@@ -193,7 +193,7 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
     stats = _cached_plan(plan_file, plan) if plan_file.exists() else None
     # The content of every file, hashed once and then known by (size, mtime, inode): an edited file is
     # noticed, an unchanged dataset is not read again.
-    index = cache_dir_for(dataset_spec) / DIGESTS_FILE
+    index = out / DIGESTS_FILE
     digests, updated = read_digests(listed_files(info), index)
     sources = {case.id: case_sources(info, case, digests) for case in info.training}
     content = combine(plan.dataset, digests, info.root)

@@ -98,6 +98,10 @@ def decode_run(spec: Spec, run: Path, quiet: bool = False):
                 f"{exc}; the search is saved in {run / 'search'}: decode it with another budget, "
                 f"`nastk decode {run} --budget-gb X`"
             ) from None
+    from nastk.provenance import stamp_architecture
+    from nastk.runspec import search_spec_path
+
+    stamp_architecture(arch, run / "search" / "arch_params.npz", search_spec_path(run), budget and budget.gb)
     arch.save(run / "arch.json")
     if isinstance(arch, Drawable):
         arch.draw(run / "arch.png")
