@@ -163,6 +163,11 @@ def test_copied_or_odd_fold_folders_are_ignored_with_one_warning(retrained, tmp_
     assert [m["fold"] for m in models] == [0, 1]
     assert sum(line.startswith("warning") for line in err.splitlines()) == 1
 
+    code, out, err = cli_in_process(capfd, "report", run, "--out", tmp_path / "report", "--quiet")
+    assert code == 0, err
+    assert sum(line.startswith("warning") for line in err.splitlines()) == 1, err
+    assert "fold_0_bak" in err and "Traceback" not in err
+
 
 # ------------------------------------------------------------------------------ (c) provenance
 
@@ -310,19 +315,20 @@ def test_decoding_a_retrained_run_keeps_the_architecture_its_folds_were_trained_
     assert code == 0, err
 
 
-def _searched_run(tmp_path: Path) -> Path:
+def _searched_run(tmp_path: Path, layers: int = 3, depths: int = 2) -> Path:
     run = tmp_path / "run"
     (run / "search").mkdir(parents=True)
     (run / "spec.yaml").write_text(
-        "space: {params: {layers: 3, depths: 2, filters: 8}}\nops: [skip, conv3x3x3]\n"
-        "search: {patch_size: [16, 16, 16]}\nretrain: {patch_size: [16, 16, 16]}\n"
-        "inference: {patch_size: [16, 16, 16], stride: [8, 8, 8]}\n"
+        f"space: {{params: {{layers: {layers}, depths: {depths}, filters: 8}}}}\nops: [skip, conv3x3x3]\n"
+        "search: {patch_size: [32, 32, 32]}\nretrain: {patch_size: [32, 32, 32]}\n"
+        "inference: {patch_size: [32, 32, 32], stride: [16, 16, 16]}\n"
     )
+    edges = depths * 3 - 2
     rng = np.random.default_rng(2)
     np.savez(
         run / "search" / "arch_params.npz",
-        edge_logits=rng.normal(size=(3, 4)),
-        op_logits=rng.normal(size=(3, 4, 2)),
+        edge_logits=rng.normal(size=(layers, edges)),
+        op_logits=rng.normal(size=(layers, edges, 2)),
     )
     return run
 
@@ -365,6 +371,37 @@ def test_top_k_replaces_its_whole_folder(tmp_path, capfd, monkeypatch):
     assert len(calls) == 3
     assert _folder(run / "arch_top") == before  # the old folder, whole
     assert not [p for p in run.iterdir() if p.name.startswith(".arch_top")]
+
+
+def test_a_top_k_killed_mid_way_leaves_the_old_folder(tmp_path, capfd):
+    import signal
+    import subprocess
+    import sys
+
+    run = _searched_run(tmp_path, layers=12, depths=4)  # about a second per architecture's statistics
+    code, _, err = cli_in_process(capfd, "decode", run, "--top-k", "2", "--no-picture")
+    assert code == 0, err
+    before = _folder(run / "arch_top")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nastk", "decode", str(run), "--top-k", "10", "--no-picture"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stderr:  # its progress lines: statistics of architecture 3 done
+            if "architecture statistics: 3/10" in line:
+                break
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert _folder(run / "arch_top") == before  # the old folder, whole: no arch_3.json of the new list
+    code, _, err = cli_in_process(capfd, "decode", run, "--top-k", "3", "--no-picture")
+    assert code == 0, err
+    assert len(_folder(run / "arch_top")) == 4  # 3 + architectures.csv
+    assert not [p for p in run.iterdir() if p.name.startswith(".arch_top")]  # the killed one's folder removed
 
 
 # ---------------------------------------------------------------- (h) damaged params, huge top-k
