@@ -210,17 +210,17 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
     if stats is None:
         ct_channels = [c for c, s in enumerate(plan.normalization) if s == "ct"]
         stats = ct_statistics(info, ct_channels, workers, quiet) if ct_channels else {}
-    jobs = [(case, plan, stats, set(info.labels), str(out), sources[case.id]) for case in todo]
-    with _pool(workers) as pool:
-        for _ in track(pool.map(_write_case, jobs), len(jobs), "preprocess", quiet):
-            pass
     plan_text = json.dumps(
         {"plan": plan.__dict__, "ct_statistics": stats, "modalities": info.modalities, "content": content},
         indent=1,
         default=list,
     )
-    if not plan_file.exists() or plan_file.read_text() != plan_text:  # after the cases it describes
+    if not plan_file.exists() or plan_file.read_text() != plan_text:  # each case checks its own sources
         atomic_write_text(plan_file, plan_text)
+    jobs = [(case, plan, stats, set(info.labels), str(out), sources[case.id]) for case in todo]
+    with _pool(workers) as pool:
+        for _ in track(pool.map(_write_case, jobs), len(jobs), "preprocess", quiet):
+            pass
     splits_file = out / "splits.json"
     if not splits_file.exists() or splits_file.read_text() != splits:
         atomic_write_text(splits_file, splits)
