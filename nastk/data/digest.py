@@ -50,10 +50,16 @@ def _read_index(index: Path | None) -> dict[str, list]:
     return data if isinstance(data, dict) else {}
 
 
-def read_digests(paths: Iterable[Path], index: Path | None = None) -> tuple[dict[Path, str], dict | None]:
-    """The content hash of each file, from ``index`` where the file's size, mtime and inode are those
-    recorded, else read; and the updated index to save (:func:`save_digests`), None when nothing changed."""
-    known = _read_index(index)
+def read_digests(
+    paths: Iterable[Path], index: Path | None = None, also: Iterable[Path] = ()
+) -> tuple[dict[Path, str], dict | None]:
+    """The content hash of each file, from ``index`` (or the indexes ``also``) where the file's size, mtime
+    and inode are those recorded, else read; and the updated ``index`` to save (:func:`save_digests`), None
+    when nothing changed."""
+    known = {}
+    for other in also:
+        known.update(_read_index(other))
+    known.update(_read_index(index))
     out: dict[Path, str] = {}
     changed = False
     for path in paths:
@@ -120,7 +126,14 @@ def combine(identity: str, digests: dict[Path, str], root: Path) -> str:
 
 def dataset_fingerprint(info: DatasetInfo, index: Path | None = None) -> str:
     """The dataset's content key: its folder, dataset.json, and the content of every file it lists.
-    ``index``: an index of content hashes to read (never written here: a refused `nastk plan` writes
-    nothing); without one every file is read."""
-    digests, _ = read_digests(listed_files(info), index)
+    The content hashes come from ``index``, else from the indexes of the dataset's default cache folders
+    (each entry is checked against its file's size, mtime and inode); they are never written here (a
+    refused `nastk plan` writes nothing)."""
+    also: list[Path] = []
+    if index is None:
+        from nastk.data.cache import default_cache_dir
+
+        folder = default_cache_dir(info.root)
+        also = sorted(folder.glob(f"*/{DIGESTS_FILE}")) if folder.is_dir() else []
+    digests, _ = read_digests(listed_files(info), index, also)
     return combine(dataset_identity(info), digests, info.root)
