@@ -191,11 +191,12 @@ def mismatch(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def started_folds(run: Path) -> list[int]:
-    """The folds of ``run`` that began retraining (a record, a checkpoint or a model)."""
+    """The folds of ``run`` that began retraining: a checkpoint or a model (a record alone is a start that
+    was killed before its first checkpoint, which a fresh start replaces)."""
     root = Path(run) / "retrain"
     if not root.is_dir():
         return []
-    names = (PROVENANCE_FILE, "checkpoint.pt", "model_final.pt", "model_best.pt")
+    names = ("checkpoint.pt", "model_final.pt", "model_best.pt")
     return sorted(
         int(m[1])
         for p in root.iterdir()
@@ -207,7 +208,7 @@ def check_fold_joins(run: Path, record: dict[str, Any]) -> None:
     """Refuse (DataError, one line naming both files and what differs) retraining fold ``record["fold"]``
     into ``run`` when another fold began with other settings, architecture, plan or folds: the run would
     then ensemble and score folds that were not made together. Folds from before records were kept are
-    compared through the run's plan.json and splits.json and their spec.yaml."""
+    compared through the run's plan.json (by its settings) and splits.json."""
     run, fold = Path(run), record["fold"]
     own = read_record(run, fold)
     trained = [record_path(run, fold).parent / n for n in ("checkpoint.pt", "model_final.pt")]
@@ -283,7 +284,9 @@ def run_folds(run: Path, which: str = "final", quiet: bool = False) -> list[int]
             strays.append(entry.name)
     if strays and not quiet:
         shown = ", ".join(strays[:5]) + (" ..." if len(strays) > 5 else "")
-        recorded = f"RUN/splits.json records {count} folds" if count is not None else "fold_K only"
+        recorded = (
+            f"{Path(run) / 'splits.json'} records {count} folds" if count is not None else "fold_K only"
+        )
         warn(f"{root}: ignoring {shown}: not a fold of this run ({recorded})")
     return sorted(folds)
 
