@@ -284,9 +284,7 @@ def main() -> None:
 
     arch = out / "search" / "arch.json"
     if not arch.exists():
-        run_search(
-            validate(search_spec(body), "search.yaml"), RunOptions(out=out / "search", quiet=True)
-        )
+        run_search(validate(search_spec(body), "search.yaml"), RunOptions(out=out / "search", quiet=True))
 
     results: dict[str, dict] = {}
     for dname, root in data.items():

@@ -214,6 +214,17 @@ def test_auto_default_and_its_thresholds_on_two_datasets(extraction, tmp_path):
     assert explicit.root != ext.root  # a different scheme is a different cache
 
 
+def test_foreground_share_threshold_on_a_stripped_template_dataset(tmp_path):
+    """Every head stripped to exactly its brain: the foreground is the whole nonzero region."""
+    root = write_extraction_task(tmp_path / "Templates", cases=3, size=24, test_cases=0, stripped_every=1)
+    default = preprocess(_dataset_spec(root, tmp_path / "a").dataset, quiet=True)
+    assert default.plan.normalization == (OUTSIDE_KEPT,)
+    lax = {"auto_normalization": {"foreground_share": 1.0}}  # "0 outside" even where the brain fills it
+    assert preprocess(_dataset_spec(root, tmp_path / "b", **lax).dataset, quiet=True).plan.normalization == (
+        "zscore_nonzero",
+    )
+
+
 def test_resolution_refuses_a_wrong_channel_count(extraction, tmp_path):
     spec = _dataset_spec(extraction, tmp_path)
     two = spec.dataset.model_copy(update={"normalization": ["auto", "auto"]})
