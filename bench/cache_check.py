@@ -83,7 +83,7 @@ def main() -> None:
         first = timed(lambda: preprocess(spec.dataset, quiet=True))
         check = min(timed(lambda: preprocess(spec.dataset, quiet=True)) for _ in range(3))
         files = listed_files(read_dataset(root))
-        index = next(cache.glob(f"*/{DIGESTS_FILE}"))
+        index = cache / DIGESTS_FILE
         lookup = min(timed(lambda: read_digests(files, index)) for _ in range(3))
         hashing = timed(lambda: [content_hash(p) for p in files])
         label = root / "labelsTr" / "c_007.nii"

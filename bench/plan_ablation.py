@@ -1,6 +1,7 @@
 """The paper's fixed setting against `nastk plan`'s, at equal compute, on three synthetic datasets.
 
     python bench/plan_ablation.py [--out bench-plan] [--iters 300] [--seeds 0,1] [--cases 16] [--size 48]
+                                  [--datasets "body;head"] [--arms "paper;planned"] [--all-results]
 
 Datasets (all made by nastk, MSD format, 6 held-out test cases with labels in labelsTs/):
 
@@ -9,7 +10,10 @@ Datasets (all made by nastk, MSD format, 6 held-out test cases with labels in la
 * head: ``write_head_task`` (brain and lesion; thick slices, about 1 x 1 x 4 mm, so strongly
   anisotropic; MR-like T1 contrast; every second case skull-stripped, 0 outside the brain);
 * head, shifted: the same, but no training case is stripped and every second test case is: the shift
-  of issue 17, where the held-out head was the one whose image was 0 outside the brain.
+  of issue 17, where the held-out head was the one whose image was 0 outside the brain;
+* brain extraction: ``write_extraction_task`` (the same heads, but the label is the whole brain, and
+  a stripped head is exactly 0 outside it, so its nonzero region is the label); no training head is
+  stripped, every second test head is: issue 22's real-head failure of "0 outside".
 
 Arms, each retraining the same architecture (decoded once from a short search on the body task at
 the paper's setting, so that architecture noise does not mask the data settings) for the same number
@@ -26,9 +30,11 @@ of iterations at the same batch, on fold 0 of 4 (3/4 of the training cases):
 * planned, stride 1/2: the planned models predicting with nnU-Net's stride of half a patch;
 * planned, nnU-Net normalisation: the planned setting with nnU-Net's rule (the whole image's
   statistics unless cropping to the nonzero region leaves less than 3/4 of the median image), where
-  that differs from the plan's (the paper's z-score over the nonzero region, 0 outside);
-* planned, outside kept: the nonzero region's statistics, the outside keeping its own value
-  (``zscore_nonzero_keep``), where some case's nonzero region is half foreground or more;
+  that differs from the plan's;
+* planned, zscore_nonzero / zscore_nonzero_keep / zscore: the planned setting with each scheme in turn
+  (non-CT datasets): the nonzero region's statistics with 0 outside (the paper's), the same statistics
+  with the outside keeping its own value, the whole image's statistics. The arm whose scheme is the
+  plan's is the planned arm's model (models are keyed by their spec);
 * planned, nnU-Net spacing: the planned setting at nnU-Net's spacing (where the data are anisotropic).
 
 Largest-component post-processing is off in every arm (in nastk, cross-validation decides it). The
@@ -53,15 +59,16 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from nastk.data.dataset import read_dataset
 from nastk.data.fingerprint import compute_fingerprint
-from nastk.data.synthetic import write_head_task, write_synthetic_task
+from nastk.data.synthetic import write_extraction_task, write_head_task, write_synthetic_task
 from nastk.engine.options import RunOptions
 from nastk.engine.retrain import run_retrain
 from nastk.engine.search import run_search
 from nastk.inference.predict import PredictOptions, run_predict
 from nastk.metrics import dice
 from nastk.plan import make_plan
-from nastk.setting import required_gb, retrain_setting
+from nastk.setting import global_retrain_batch, required_gb, retrain_setting
 from nastk.spec import validate
 
 SPACE = {"name": "dints", "params": {"layers": 3, "depths": 3, "filters": 4}}
@@ -76,6 +83,8 @@ EXTENDED = [
     {"name": "gamma"},
 ]
 FOLDS = 4  # fold 0 trains on 3/4 of the training cases
+NON_CT_SCHEMES = ("zscore_nonzero", "zscore_nonzero_keep", "zscore")
+STRIPPED = 0.5  # a test image exactly 0 over at least this share arrived stripped (for the table)
 
 
 def paper_spec(root: Path, iters: int, seed: int) -> dict:
@@ -85,7 +94,8 @@ def paper_spec(root: Path, iters: int, seed: int) -> dict:
         "dataset": {
             "root": str(root),
             "spacing": [1.0, 1.0, 1.0],
-            "num_classes": 3,
+            "normalization": ["zscore_nonzero"],  # the paper's (MR); set, since the default is the plan's
+            "num_classes": len(read_dataset(root).labels),
             "num_folds": FOLDS,
             "num_workers": 0,
             "augment": [{"name": "rot90_xy"}, {"name": "flip"}],
@@ -147,18 +157,12 @@ def nnunet_target_spacing(root: Path) -> tuple[list[float], str]:
     return [float(v) for v in np.round(target, 4)], "nnU-Net"
 
 
-def nnunet_and_kept_normalisation(root: Path) -> dict[str, str | None]:
-    """The two alternatives to the plan's z-score (single-channel, non-CT datasets): nnU-Net's (the
-    nonzero region's statistics only when cropping to it leaves less than 3/4 of the median image,
-    else the whole image's) and keeping the outside's own value, tried where some case's nonzero
-    region is half foreground or more (issue 17's skull-stripped head)."""
+def nnunet_normalisation(root: Path) -> str:
+    """nnU-Net's rule (single-channel, non-CT datasets): the nonzero region's statistics only when
+    cropping to it leaves less than 3/4 of the median image, else the whole image's."""
     fp = compute_fingerprint(root)
     crop = float(np.median([c.relative_size_after_crop for c in fp.cases]))
-    share = max(c.foreground_share_of_nonzero for c in fp.cases)
-    return {
-        "planned, nnU-Net normalisation": "zscore_nonzero" if crop < 0.75 else "zscore",
-        "planned, outside kept": "zscore_nonzero_keep" if share >= 0.5 else None,
-    }
+    return "zscore_nonzero" if crop < 0.75 else "zscore"
 
 
 def planned_spec(root: Path, paper: dict, spacing: list[float] | None = None) -> tuple[dict, dict]:
@@ -195,14 +199,16 @@ def planned_spec(root: Path, paper: dict, spacing: list[float] | None = None) ->
 
 
 def evaluate(predictions: Path, root: Path, classes: int) -> dict:
-    """Mean DSC per class over the test cases, and per case."""
-    rows = []
+    """Mean DSC per class over the test cases, per case, and which test images arrived stripped."""
+    rows, stripped = [], []
     for ref_path in sorted((root / "labelsTs").glob("*.nii.gz")):
         pred = np.asarray(nib.load(predictions / ref_path.name).dataobj)
         ref = np.asarray(nib.load(ref_path).dataobj)
+        image = np.asarray(nib.load(root / "imagesTs" / ref_path.name).dataobj)
         rows.append([dice(pred == c, ref == c) for c in range(1, classes)])
+        stripped.append(bool(np.mean(image == 0) >= STRIPPED))
     table = np.array(rows)
-    return {"per_class": np.nanmean(table, 0).tolist(), "per_case": table.tolist()}
+    return {"per_class": np.nanmean(table, 0).tolist(), "per_case": table.tolist(), "stripped": stripped}
 
 
 def run_arm(name: str, spec_dict: dict, arch: Path, root: Path, out: Path, stride=None) -> dict:
@@ -224,7 +230,13 @@ def run_arm(name: str, spec_dict: dict, arch: Path, root: Path, out: Path, strid
     t1 = time.monotonic()
     run_predict(spec, run, root / "imagesTs", PredictOptions(preds, [0], resume=True, quiet=True))
     result = evaluate(preds, root, spec.dataset.num_classes)
-    result.update(train_s=trained, predict_s=time.monotonic() - t1, patch=list(spec.retrain.patch_size))
+    result.update(
+        train_s=trained,
+        predict_s=time.monotonic() - t1,
+        patch=list(spec.retrain.patch_size),
+        iters=spec.retrain.iters,
+        batch=global_retrain_batch(spec),
+    )
     return result
 
 
@@ -235,6 +247,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=str, default="0,1", help="comma-separated training seeds")
     ap.add_argument("--cases", type=int, default=16, help="training cases per dataset (6 held out)")
     ap.add_argument("--size", type=int, default=48, help="in-plane side of the volumes in voxels")
+    ap.add_argument("--datasets", type=str, default=None, help="dataset names separated by ; (default all)")
+    ap.add_argument("--arms", type=str, default=None, help="arm names separated by ; (default all)")
+    ap.add_argument("--all-results", action="store_true", help="table of every result in --out so far")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -244,6 +259,7 @@ def main() -> None:
         "body": out / "data" / "body",
         "head": out / "data" / "head",
         "head, shifted": out / "data" / "head-shifted",
+        "brain extraction": out / "data" / "brain-extraction",
     }
     if not (data["body"] / "dataset.json").exists():
         write_synthetic_task(data["body"], cases=args.cases, size=args.size, test_cases=6)
@@ -258,12 +274,17 @@ def main() -> None:
             stripped_every=0,
             stripped_test_every=2,
         )
+    if not (data["brain extraction"] / "dataset.json").exists():  # stripped at test time only
+        write_extraction_task(data["brain extraction"], cases=args.cases, size=args.size, test_cases=6)
+    body = data["body"]  # the architecture is searched on the body task, whichever datasets run
+    if args.datasets:
+        wanted = [d.strip() for d in args.datasets.split(";")]
+        data = {name: root for name, root in data.items() if name in wanted}
+    wanted_arms = [a.strip() for a in args.arms.split(";")] if args.arms else None
 
     arch = out / "search" / "arch.json"
     if not arch.exists():
-        run_search(
-            validate(search_spec(data["body"]), "search.yaml"), RunOptions(out=out / "search", quiet=True)
-        )
+        run_search(validate(search_spec(body), "search.yaml"), RunOptions(out=out / "search", quiet=True))
 
     results: dict[str, dict] = {}
     for dname, root in data.items():
@@ -279,18 +300,22 @@ def main() -> None:
                 "planned + extended augmentation": (extended, None),
                 "planned, stride 1/2": (planned, [max(1, p // 2) for p in planned["retrain"]["patch_size"]]),
             }
-            # The normalisations the plan's rule passed over (rules.normalization), where they differ
-            # from the plan's on this dataset.
-            for arm, scheme in nnunet_and_kept_normalisation(root).items():
-                if scheme is not None and [scheme] != planned["dataset"]["normalization"]:
-                    other = json.loads(json.dumps(planned))
-                    other["dataset"]["normalization"] = [scheme]
-                    arms[arm] = (other, None)
+            # Every scheme at the planned setting (the plan's own is the planned model again), and
+            # nnU-Net's rule where it picks a scheme of its own.
+            nnunet = nnunet_normalisation(root)
+            for arm, scheme in [*((f"planned, {s}", s) for s in NON_CT_SCHEMES), ("nnU-Net", nnunet)]:
+                other = json.loads(json.dumps(planned))
+                other["dataset"]["normalization"] = [scheme]
+                name = arm if arm != "nnU-Net" else "planned, nnU-Net normalisation"
+                if arm != "nnU-Net" or [scheme] != planned["dataset"]["normalization"]:
+                    arms[name] = (other, None)
             if nnunet_spacing != planned["dataset"]["spacing"]:  # anisotropic: the two rules differ
                 arms["planned, nnU-Net spacing"] = (
                     planned_spec(root, paper, spacing=nnunet_spacing)[0],
                     None,
                 )
+            if wanted_arms is not None:
+                arms = {name: arm for name, arm in arms.items() if name in wanted_arms}
             for arm, (spec, stride) in arms.items():
                 # Named by what decides the model (stride only decides the prediction), so a changed
                 # setting never reuses another's model.
@@ -301,10 +326,14 @@ def main() -> None:
                 print(f"{key} ...", file=sys.stderr, flush=True)
                 results[key] = run_arm(folder, spec, arch, root, out / "runs", stride)
                 results[key]["plan"] = {k: plan_data["dataset"][k] for k in ("spacing", "normalization")}
+                results[key]["normalization"] = spec["dataset"]["normalization"] or ["by modality"]
                 print(f"{key}: {results[key]['per_class']}", file=sys.stderr, flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    # Merged with earlier runs' results, so that runs of a few datasets or arms add up to one table.
+    stored = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    stored.update(results)
+    (out / "results.json").write_text(json.dumps(stored, indent=1))
     wall = time.monotonic() - t_all
-    print_table(results, seeds, wall)
+    print_table(stored if args.all_results else results, seeds, wall)
 
 
 def print_table(results: dict, seeds: list[int], wall: float) -> None:
@@ -314,20 +343,25 @@ def print_table(results: dict, seeds: list[int], wall: float) -> None:
         if (dname, arm) not in arms:
             arms.append((dname, arm))
     print(
-        "| dataset | setting | patch (voxels) | DSC class 1 | DSC class 2 | mean | mean per seed "
-        "| train + predict (s) |"
+        "| dataset | setting | normalisation | compute: iterations x batch, patch | DSC per class | mean "
+        "| mean, stripped test cases | mean per seed | train + predict (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for dname, arm in arms:
-        rows = [results[f"{dname}|{arm}|{s}"] for s in seeds]
+        rows = [results[f"{dname}|{arm}|{s}"] for s in seeds if f"{dname}|{arm}|{s}" in results]
         per_class = np.mean([r["per_class"] for r in rows], 0)
         patch = rows[0]["patch"]
         secs = np.mean([r["train_s"] + r["predict_s"] for r in rows])
-        shape = f"{'x'.join(map(str, patch))} ({int(np.prod(patch)):,})"
+        compute = f"{rows[0].get('iters', '?')} x {rows[0].get('batch', '?')}, {'x'.join(map(str, patch))}"
         per_seed = " ".join(f"{np.mean(r['per_class']):.2f}" for r in rows)
+        stripped = [
+            np.mean([np.nanmean(c) for c, s in zip(r["per_case"], r.get("stripped", [])) if s]) for r in rows
+        ]
+        on_stripped = f"{np.mean(stripped):.3f}" if all(np.isfinite(stripped)) and stripped else "-"
+        scheme = ", ".join(rows[0].get("normalization", ["?"]))
         print(
-            f"| {dname} | {arm} | {shape} | {per_class[0]:.3f} | {per_class[1]:.3f} | {per_class.mean():.3f} "
-            f"| {per_seed} | {secs:.0f} |"
+            f"| {dname} | {arm} | {scheme} | {compute} | {' / '.join(f'{v:.3f}' for v in per_class)} "
+            f"| {per_class.mean():.3f} | {on_stripped} | {per_seed} | {secs:.0f} |"
         )
     machine = f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     print(f"\n{machine}; seeds {seeds}; wall time {wall / 60:.1f} min")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from nastk.data.cache import Plan, load_plan
+from nastk.data.cache import Plan, load_backgrounds, load_plan, plan_notes
 from nastk.data.geometry import CANONICAL
 from nastk.errors import DataError, NastkError, OutputError, one_line
 from nastk.io import atomic_path, atomic_write_text, make_dir
@@ -135,11 +135,19 @@ def check_format(fmt: str) -> None:
 SAVERS = {"torchscript": save_torchscript, "pt2": save_pt2, "onnx": save_onnx}
 
 
-def normalization_entries(plan: Plan, stats: dict[int, dict[str, float]]) -> list[dict]:
-    """Per channel: the scheme, and for CT the dataset statistics it clips and scales with."""
+def normalization_entries(
+    plan: Plan,
+    stats: dict[int, dict[str, float]],
+    why: list[str] | tuple[str, ...] = (),
+    backgrounds: list | tuple = (),
+) -> list[dict]:
+    """Per channel: the scheme, why it was chosen, for CT the dataset statistics it clips and scales
+    with, and the training cases' background (a case unlike all of them is normalised unlike training)."""
     entries = []
     for c, scheme in enumerate(plan.normalization):
         entry: dict = {"channel": c, "scheme": scheme}
+        if c < len(why):
+            entry["chosen"] = why[c]
         if scheme == "ct":
             entry.update(stats[c])
             entry["formula"] = "(clip(x, lo, hi) - mean) / max(std, 1e-8)"
@@ -150,6 +158,13 @@ def normalization_entries(plan: Plan, stats: dict[int, dict[str, float]]) -> lis
             entry["outside_nonzero"] = "0" if scheme == "zscore_nonzero" else "normalised like the rest"
         # What a window gets where it leaves the image: what the outside of the crop box would have.
         entry["pad"] = "0" if scheme in ("ct", "zscore_nonzero") else "-mean / std"
+        for bg in backgrounds:
+            if bg.channel == c:
+                entry["training_background"] = {
+                    **bg.to_dict(),
+                    "check": "warn when a case is exactly 0 over >= stripped_share of its voxels and "
+                    "stripped_cases is 0, or below it and stripped_cases equals cases",
+                }
         entries.append(entry)
     return entries
 
@@ -170,6 +185,8 @@ def inference_description(spec: Spec, run: Path, folds: list[int], fmt: str, whi
     from nastk.inference.predict import postprocessing_classes
 
     plan, stats = load_plan(Path(run) / "plan.json")
+    why = plan_notes(Path(run) / "plan.json")
+    backgrounds = load_backgrounds(Path(run) / "plan.json")
     inf = spec.inference
     classes, source = postprocessing_classes(spec, Path(run))
     return {
@@ -188,7 +205,7 @@ def inference_description(spec: Spec, run: Path, folds: list[int], fmt: str, whi
             "spacing": list(plan.spacing),
             "resampling": {"image": "cubic B-spline", "label": "nearest"},
             "crop_nonzero": plan.crop_nonzero,
-            "normalization": normalization_entries(plan, stats),
+            "normalization": normalization_entries(plan, stats, why, backgrounds),
         },
         "sliding_window": {
             "patch_size": list(inf.patch_size),

@@ -41,6 +41,23 @@ def _paper_augmentation() -> list[dict[str, Any]]:
     return [{"name": "rot90_xy"}, {"name": "flip"}]
 
 
+class AutoNormalization(_Section):
+    stripped_share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="A case whose image is exactly 0 over at least this share of its voxels has a stripped "
+        "(zero) outside.",
+    )
+    foreground_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="0 outside (zscore_nonzero) only while the foreground is at most this share of every "
+        "case's nonzero region (and every case has a zero outside).",
+    )
+
+
 class DatasetSpec(_Section):
     root: str | None = Field(
         None,
@@ -57,11 +74,20 @@ class DatasetSpec(_Section):
     )
     num_workers: int = Field(2, ge=0, description="Processes for preprocessing and patch loading.")
     crop_nonzero: bool = Field(True, description="Crop each case to its nonzero region.")
-    normalization: list[Literal["ct", "zscore_nonzero", "zscore_nonzero_keep", "zscore"]] | None = Field(
-        None,
+    normalization: (
+        Literal["auto"] | list[Literal["auto", "ct", "zscore_nonzero", "zscore_nonzero_keep", "zscore"]]
+    ) = Field(
+        "auto",
         description="Intensity normalisation per channel (docs/data.md): ct, zscore_nonzero (z-score over "
         "the nonzero region, 0 outside), zscore_nonzero_keep (the same statistics, the outside keeps its "
-        "value), zscore (all voxels). Default: by modality, as the paper (CT: ct, else zscore_nonzero).",
+        "value), zscore (all voxels), or auto: chosen from the data by nastk plan's rule (CT: ct; else 0 "
+        "outside only where every case has a zero outside and the foreground is a small part of the "
+        "nonzero region, otherwise the outside keeps its value; docs/planning.md). `nastk validate` "
+        "prints what auto resolves to. One value for every channel, or a list with one per channel.",
+    )
+    auto_normalization: AutoNormalization = Field(
+        default_factory=lambda: AutoNormalization(),
+        description="The thresholds of the auto normalisation rule (docs/planning.md).",
     )
     fg_fraction: float = Field(
         0.33,
@@ -99,9 +125,14 @@ class DatasetSpec(_Section):
             raise ValueError(f"every spacing must be a positive number of mm, got {list(value)}")
         return value
 
+    @field_validator("normalization", mode="before")
+    @classmethod
+    def _null_is_auto(cls, value: Any) -> Any:
+        return "auto" if value is None else value  # specs written before auto said null for "by modality"
+
     @model_validator(mode="after")
     def _one_scheme_per_channel(self) -> DatasetSpec:
-        if self.normalization is not None and len(self.normalization) != self.in_channels:
+        if not isinstance(self.normalization, str) and len(self.normalization) != self.in_channels:
             raise ValueError(
                 f"normalization names {len(self.normalization)} scheme(s) for {self.in_channels} channel(s)"
             )

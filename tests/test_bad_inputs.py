@@ -110,7 +110,7 @@ def env(tmp_path_factory):
     space, arch = load_architecture(spec, run / "arch.json")
     net = build_network(spec, space, arch, spec.retrain.filter_multiplier)
     save_model(run / "retrain" / "fold_0" / "model_final.pt", net, arch, spec, 0, 1, None)
-    shutil.copy(next((root / "cache").iterdir()) / "plan.json", run / "plan.json")
+    shutil.copy(next(p for p in (root / "cache").iterdir() if p.is_dir()) / "plan.json", run / "plan.json")
     shutil.copytree(data / "labelsTs", root / "preds")
     return root
 
@@ -152,7 +152,7 @@ class Workspace:
         """A copy of the cache and a spec using it: (the hashed cache folder, spec)."""
         shutil.copytree(self.env / "cache", self.tmp / "cache")
         spec = self.spec_file({"dataset": {"cache_dir": str(self.tmp / "cache")}})
-        return next((self.tmp / "cache").iterdir()), spec
+        return next(p for p in (self.tmp / "cache").iterdir() if p.is_dir()), spec
 
     def run_copy(self) -> Path:
         return Path(shutil.copytree(self.env / "run", self.tmp / "run"))

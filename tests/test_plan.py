@@ -124,12 +124,13 @@ def test_patch_rules():
 
 
 def test_normalization_rule():
-    assert rules.normalization(["CT"], 0.5, 0.9)[0] == ["ct"]
-    # the paper's z-score for every other modality, whatever the fingerprint (the ablation, docs/planning.md)
-    for crop, share in ((0.5, 0.1), (0.5, 0.92), (0.9, 0.92), (1.0, 0.0)):
-        schemes, why = rules.normalization(["T1", "CT"], crop, share)
-        assert schemes == ["zscore_nonzero", "ct"]
-        assert f"leaves {crop:.0%}" in why and f"up to {share:.0%}" in why
+    """The plan's rule is auto's (tests/test_normalization.py checks it case by case)."""
+    assert rules.normalization(["CT"], [[0.5, 0.9]], [0.9, 0.9])[0] == ["ct"]
+    schemes, why = rules.normalization(["T1", "CT"], [[0.8, 0.9], [0.0, 0.0]], [0.1, 0.2])
+    assert schemes == ["zscore_nonzero", "ct"]
+    assert "2 of 2 training cases exactly 0" in why and "foreground up to 20%" in why
+    schemes, why = rules.normalization(["T1"], [[0.8, 0.9]], [0.92, 0.9])
+    assert schemes == ["zscore_nonzero_keep"] and "foreground up to 92%" in why
 
 
 def test_parse_duration():
@@ -189,17 +190,16 @@ def test_fingerprint_is_read_once_and_cached(tmp_path):
 
 def test_zero_background_around_foreground_plan_and_the_keep_scheme(tmp_path):
     """An image zero outside the foreground (a skull-stripped head, the nonzero region mostly
-    foreground). The plan keeps the paper's "z-score over nonzero, zero outside" (the ablation found
-    nothing better) and says how much of the nonzero region is foreground. That scheme maps the outside
-    to the foreground's mean; `zscore_nonzero_keep`, for a user who wants it, keeps the outside at its
-    own value, and padding gets that value too."""
+    foreground). "z-score over nonzero, zero outside" maps the outside to the foreground's mean, so the
+    plan keeps the outside at its own value (`zscore_nonzero_keep`) and says how much of the nonzero
+    region is foreground; padding gets the outside's value too."""
     root = write_task(tmp_path / "Head", [(32, 32, 16)] * 4, zero_outside_foreground=True)
     fp = compute_fingerprint(root)
     assert min(c.foreground_share_of_nonzero for c in fp.cases) > 0.5
     plan = make_plan(root, 0.05, base=BASE)
-    assert plan.data["dataset"]["normalization"] == ["zscore_nonzero"]
+    assert plan.data["dataset"]["normalization"] == ["zscore_nonzero_keep"]
     share = max(c.foreground_share_of_nonzero for c in fp.cases)
-    assert f"foreground is up to {share:.0%}" in plan.comments["dataset.normalization"]
+    assert f"foreground up to {share:.0%}" in plan.comments["dataset.normalization"]
 
     def outside_and_foreground(scheme):
         spec = validate({**plan.data, "dataset": {**plan.data["dataset"], "normalization": [scheme]}})

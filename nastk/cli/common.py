@@ -63,6 +63,14 @@ class Missing(str, Enum):
     empty = "empty"
 
 
+class SynthTask(str, Enum):
+    """Which synthetic task ``nastk synth`` writes (``nastk.data.synthetic``)."""
+
+    body = "body"
+    head = "head"
+    extraction = "extraction"
+
+
 class Logger(str, Enum):
     """Where search and retrain also send their log rows (``nastk.trackers.LOGGERS``; a test keeps the two
     equal: the CLI must not import the library to build its options)."""

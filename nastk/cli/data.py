@@ -9,6 +9,7 @@ import typer
 
 from nastk.cli.common import (
     SpecArgument,
+    SynthTask,
     ThreadsOption,
     _set_threads,
     app,
@@ -123,19 +124,53 @@ def plan(
 @app.command()
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the MSD-format task into.")],
+    task: Annotated[
+        SynthTask,
+        typer.Option(
+            help="body: organ, lesion, tubes (the quickstart's); head: brain and lesion on thick MR slices; "
+            "extraction: the whole brain, test heads stripped (0 outside the brain)."
+        ),
+    ] = SynthTask.body,
     cases: Annotated[int, typer.Option(help="Training cases.")] = 12,
     size: Annotated[int, typer.Option(help="Volume side in voxels (in-plane).")] = 48,
-    classes: Annotated[int, typer.Option(help="Classes including background.")] = 3,
+    classes: Annotated[int, typer.Option(help="Classes including background (body).")] = 3,
     test_cases: Annotated[int, typer.Option(help="Held-out cases (imagesTs, labelsTs).")] = 2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    stripped_every: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="head, extraction: every N-th training head stripped, 0 none (head 2, extraction 0).",
+        ),
+    ] = None,
+    stripped_test_every: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="head, extraction: every N-th test head stripped (head: as training, extraction 2).",
+        ),
+    ] = None,
 ) -> None:
-    """Write the embedded synthetic task in MSD format (dataset.json, imagesTr, labelsTr, imagesTs)."""
-    from nastk.data.synthetic import write_synthetic_task
+    """Write a synthetic task in MSD format (dataset.json, imagesTr, labelsTr, imagesTs, labelsTs)."""
+    from nastk.data.synthetic import write_extraction_task, write_head_task, write_synthetic_task
 
+    stripping = {
+        k: v
+        for k, v in (("stripped_every", stripped_every), ("stripped_test_every", stripped_test_every))
+        if v is not None
+    }
     try:
-        path = write_synthetic_task(
-            out_dir, cases=cases, size=size, classes=classes, seed=seed, test_cases=test_cases
-        )
+        if task == SynthTask.body:
+            if stripping:
+                raise ValueError(
+                    "--stripped-every and --stripped-test-every are for --task head or extraction"
+                )
+            path = write_synthetic_task(
+                out_dir, cases=cases, size=size, classes=classes, seed=seed, test_cases=test_cases
+            )
+        else:
+            write = write_head_task if task == SynthTask.head else write_extraction_task
+            path = write(out_dir, cases=cases, size=size, seed=seed, test_cases=test_cases, **stripping)
     except ValueError as exc:
         raise DataError(f"synth: {exc}") from None
-    out.print(f"wrote synthetic task to {path}", highlight=False)
+    out.print(f"wrote synthetic {task.value} task to {path}", highlight=False)

@@ -26,6 +26,29 @@ def validate(spec: SpecArgument, set_fields: SetOption = None) -> None:
     resolved = _load_spec(spec, set_fields)
     out.print(f"[green]valid[/green]: {spec}", highlight=False)
     out.print(dump_spec(resolved), markup=False, highlight=False, end="")
+    for line in _normalization_lines(resolved):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _normalization_lines(resolved) -> list[str]:
+    """What ``auto`` normalisation resolves to for the spec's dataset, and why (comment lines, so the
+    output stays a valid spec); where the dataset cannot be read here, when it will be resolved."""
+    from nastk.data.dataset import read_dataset
+    from nastk.data.normalize import requested_schemes, resolve_normalization
+    from nastk.errors import NastkError
+
+    ds = resolved.dataset
+    if ds.normalization != "auto" and "auto" not in ds.normalization:
+        return []
+    try:
+        info = read_dataset(ds.root, ds.format)
+        requested_schemes(ds, info.num_channels, info.root / "dataset.json")
+        result = resolve_normalization(ds, info, workers=ds.num_workers, quiet=True)
+    except (NastkError, OSError, TypeError, ValueError) as exc:
+        return [f"# dataset.normalization: auto, resolved when preprocessing reads the dataset ({exc})"]
+    lines = [f"# dataset.normalization: auto resolves to {list(result.schemes)} for {info.root}"]
+    lines += [f"#   channel {c} ({info.modalities[c]}): {why}" for c, why in enumerate(result.why)]
+    return lines
 
 
 @app.command("spec-schema")

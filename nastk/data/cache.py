@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from nastk.data.dataset import Case
-from nastk.data.normalize import SCHEMES
+from nastk.data.normalize import SCHEMES, Background
 from nastk.errors import DataError
 
 VERSION = 1
@@ -93,6 +93,25 @@ def load_plan(plan_file: Path) -> tuple[Plan, dict[int, dict[str, float]]]:
     if missing:
         raise DataError(f"{plan_file}: no CT statistics for channel(s) {missing}")
     return plan, stats
+
+
+def load_backgrounds(plan_file: Path) -> list[Background]:
+    """Per channel, the training cases' background as preprocessing recorded it (none in a plan.json
+    written before nastk recorded it: then nothing is compared)."""
+    try:
+        return [
+            Background.from_dict(b) for b in json.loads(Path(plan_file).read_text()).get("background", [])
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def plan_notes(plan_file: Path) -> list[str]:
+    """Per channel, why preprocessing normalised it as it did (auto's reason, or "set in the spec")."""
+    try:
+        return [str(w) for w in json.loads(Path(plan_file).read_text()).get("normalization_why", [])]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
 
 
 def _cached_plan(plan_file: Path, plan: Plan) -> dict[int, dict[str, float]]:

@@ -1,9 +1,10 @@
 """What identifies a dataset's content: the key of the preprocessing cache and of the fingerprint.
 
 Every listed file is known by a hash of its contents (BLAKE2b, about 1 GB/s on one core). The hashes are
-kept in an index (``sources.json`` in the cache folder) with each file's resolved path, size,
-mtime and inode, so that checking an unchanged dataset reads no image: a file whose size, mtime or inode
-changed is hashed again. An edit in place that keeps the size changes the mtime, so it is noticed.
+kept in an index (``sources.json`` in the dataset's cache folder, ``dataset.cache_dir`` or its default)
+with each file's resolved path, size, mtime and inode, so that checking an unchanged dataset reads no image:
+a file whose size, mtime or inode changed is hashed again. An edit in place that keeps the size changes
+the mtime, so it is noticed.
 
 * :func:`dataset_identity`: the dataset's resolved folder and its ``dataset.json``; it names the cache
   folder, so two datasets (``site_a/Task`` and ``site_b/Task`` with one ``$NASTK_CACHE``) never share one.
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from nastk.data.dataset import DatasetInfo
 
-DIGESTS_FILE = "sources.json"  # the index of content hashes, in the cache folder
+DIGESTS_FILE = "sources.json"  # the index of content hashes, in the dataset's cache folder
+_SEEN: dict[str, tuple[list[int], str]] = {}  # resolved path -> (stamp, hash), this process's
 _CHUNK = 1 << 20
 
 
@@ -69,10 +71,15 @@ def read_digests(
         if isinstance(entry, list) and len(entry) == 2 and entry[0] == stamp:
             out[Path(path)] = str(entry[1])
             continue
-        digest = content_hash(Path(real))
+        seen = _SEEN.get(real)  # hashed earlier in this process (preprocess, then its fingerprint)
+        digest = seen[1] if seen is not None and seen[0] == stamp else content_hash(Path(real))
+        _SEEN[real] = (stamp, digest)
         known[real] = [stamp, digest]
         out[Path(path)] = digest
         changed = True
+    for real, entry in known.items():
+        if isinstance(entry, list) and len(entry) == 2:
+            _SEEN.setdefault(real, (entry[0], str(entry[1])))
     return out, (known if changed else None)
 
 
@@ -126,14 +133,13 @@ def combine(identity: str, digests: dict[Path, str], root: Path) -> str:
 
 def dataset_fingerprint(info: DatasetInfo, index: Path | None = None) -> str:
     """The dataset's content key: its folder, dataset.json, and the content of every file it lists.
-    The content hashes come from ``index``, else from the indexes of the dataset's default cache folders
-    (each entry is checked against its file's size, mtime and inode); they are never written here (a
-    refused `nastk plan` writes nothing)."""
+    The content hashes come from ``index``, else from the index in the dataset's default cache folder or
+    those this process read or computed already (each checked against its file's size, mtime and inode);
+    they are never written here (a refused `nastk plan` writes nothing)."""
     also: list[Path] = []
     if index is None:
         from nastk.data.cache import default_cache_dir
 
-        folder = default_cache_dir(info.root)
-        also = sorted(folder.glob(f"*/{DIGESTS_FILE}")) if folder.is_dir() else []
+        also = [default_cache_dir(info.root) / DIGESTS_FILE]
     digests, _ = read_digests(listed_files(info), index, also)
     return combine(dataset_identity(info), digests, info.root)

@@ -2,8 +2,9 @@
 
 Per training case, in the canonical (LPS) axis order preprocessing uses: the voxel spacing and shape,
 the shape of the nonzero region's bounding box (what cropping to nonzero leaves), how many voxels are
-nonzero, how many are foreground and how many of those lie in the nonzero region, and per class its
-voxel count and number of 26-connected components. Per channel, over all cases: statistics of the
+nonzero, how many are foreground and how many of those lie in the nonzero region, per channel the share
+of voxels that are exactly 0 (a stripped or masked background), and per class its voxel count and
+number of 26-connected components. Per channel, over all cases: statistics of the
 intensities of foreground voxels (up to ``INTENSITY_SAMPLES`` per case, as for the CT statistics).
 
 The cache is ``<cache folder>/fingerprint.json``, the folder as preprocessing's (``dataset.cache_dir``,
@@ -36,7 +37,7 @@ from nastk.errors import DataError
 from nastk.io import atomic_write_text, make_dir
 from nastk.progress import track
 
-VERSION = 1
+VERSION = 2  # 2: zero_share per channel
 INTENSITY_SAMPLES = 10_000  # foreground intensities kept per channel and case
 FILE_NAME = "fingerprint.json"
 
@@ -51,6 +52,7 @@ class CaseFingerprint:
     foreground: int  # voxels with a label > 0
     foreground_in_nonzero: int
     classes: dict[int, tuple[int, int]]  # class -> (voxels, 26-connected components)
+    zero_share: tuple[float, ...] = ()  # per channel: the share of voxels exactly 0 (a stripped outside)
 
     @property
     def voxel_mm3(self) -> float:
@@ -108,6 +110,7 @@ class Fingerprint:
                 foreground=int(c["foreground"]),
                 foreground_in_nonzero=int(c["foreground_in_nonzero"]),
                 classes={int(k): (int(v[0]), int(v[1])) for k, v in c["classes"].items()},
+                zero_share=tuple(float(v) for v in c["zero_share"]),
             )
             for c in data["cases"]
         ]
@@ -215,6 +218,7 @@ def case_fingerprint(args) -> tuple[CaseFingerprint, list[np.ndarray]]:
         foreground=int(foreground.sum()),
         foreground_in_nonzero=int((foreground & nonzero).sum()),
         classes=classes,
+        zero_share=tuple(float(np.mean(a == 0)) for a in arrays),
     )
     return fp, samples
 
@@ -251,19 +255,30 @@ def _cached(path: Path, digest: str) -> Fingerprint | None:
     return fp if fp.version == VERSION and fp.dataset == digest else None
 
 
+def _require_foreground(info: DatasetInfo, cases: list[CaseFingerprint]) -> None:
+    if not any(c.foreground for c in cases):
+        raise DataError(
+            f"{info.root / 'dataset.json'}: cannot plan without foreground: the label maps of all "
+            f"{len(cases)} training cases are 0 everywhere"
+        )
+
+
 def compute_fingerprint(
     root: str | Path,
     format: str = "auto",
     cache_dir: str | Path | None = None,
     workers: int = 0,
     quiet: bool = True,
+    plannable: bool = True,
 ) -> Fingerprint:
     """The dataset's fingerprint, from the cache when it is current, else read from the images.
 
-    Raises DataError when the dataset cannot be planned (see the module docstring).
+    With ``plannable``, raises DataError when the dataset cannot be planned (see the module docstring);
+    preprocessing, which reads it to resolve ``auto`` normalisation, asks for no such check.
     """
     info = read_dataset(root, format)
-    check_plannable(info)
+    if plannable:
+        check_plannable(info)
     digest = dataset_fingerprint(info)
     path = fingerprint_path(root, cache_dir)
     fp = _cached(path, digest)
@@ -277,11 +292,8 @@ def compute_fingerprint(
             ):
                 cases.append(case_fp)
                 samples.append(case_samples)
-        if not any(c.foreground for c in cases):
-            raise DataError(
-                f"{info.root / 'dataset.json'}: cannot plan without foreground: the label maps of all "
-                f"{len(cases)} training cases are 0 everywhere"
-            )
+        if plannable:  # before anything is written
+            _require_foreground(info, cases)
         intensity = {
             c: intensity_statistics(np.concatenate([s[c] for s in samples])) for c in range(info.num_channels)
         }
@@ -296,6 +308,8 @@ def compute_fingerprint(
         )
         make_dir(path.parent)
         atomic_write_text(path, fp.to_json())
+    elif plannable:  # cached by preprocessing, which plans nothing
+        _require_foreground(info, fp.cases)
     fp.path = path
     return fp
 

@@ -1,8 +1,11 @@
-"""Intensity normalisation per channel: the schemes, the CT statistics of a dataset, and applying them."""
+"""Intensity normalisation per channel: the schemes, the rule that picks one from the data (``auto``),
+the CT statistics of a dataset, and applying them."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -16,23 +19,169 @@ STAT_SAMPLES = 10_000  # foreground intensities per case for CT statistics
 
 
 SCHEMES = ("ct", "zscore_nonzero", "zscore_nonzero_keep", "zscore")
+# What ``auto`` gives a non-CT channel whose outside must stay distinguishable from tissue: the
+# nonzero region's statistics, the outside keeping the z-score of intensity 0 (the ablation in
+# docs/planning.md, "Normalisation").
+OUTSIDE_KEPT = "zscore_nonzero_keep"
+# The rule's thresholds, also spec fields (dataset.auto_normalization) and nastk plan's defaults.
+STRIPPED_SHARE = 0.1  # a case exactly 0 over at least this share of its image has a stripped outside
+FOREGROUND_SHARE = 0.5  # "0 outside" only while the foreground is at most this share of the nonzero region
 
 
-def normalization_for(modality: str) -> str:
-    """The paper's scheme for a modality (what preprocessing uses without ``dataset.normalization``)."""
-    return "ct" if modality.strip().upper() == "CT" else "zscore_nonzero"
+def is_ct(modality: str) -> bool:
+    return modality.strip().upper() == "CT"
 
 
-def normalization_schemes(dataset_spec, info: DatasetInfo) -> tuple[str, ...]:
-    """Per channel: ``dataset.normalization`` where the spec sets it, else by modality."""
-    if dataset_spec.normalization is not None:
-        if len(dataset_spec.normalization) != info.num_channels:
-            raise DataError(
-                f"{info.root / 'dataset.json'}: {info.num_channels} channels, but dataset.normalization "
-                f"names {len(dataset_spec.normalization)}"
-            )
-        return tuple(dataset_spec.normalization)
-    return tuple(normalization_for(info.modalities[c]) for c in sorted(info.modalities))
+@dataclass(frozen=True)
+class Background:
+    """One channel's background over the training cases, as the rule and ``predict``'s check read it."""
+
+    channel: int
+    cases: int
+    stripped_cases: int  # exactly 0 over at least ``stripped_share`` of the image
+    stripped_share: float
+    zero_share_min: float
+    zero_share_max: float
+    foreground_share_max: float  # the largest share of a case's nonzero region that is foreground
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Background:
+        return cls(
+            channel=int(raw["channel"]),
+            cases=int(raw["cases"]),
+            stripped_cases=int(raw["stripped_cases"]),
+            stripped_share=float(raw["stripped_share"]),
+            zero_share_min=float(raw["zero_share_min"]),
+            zero_share_max=float(raw["zero_share_max"]),
+            foreground_share_max=float(raw["foreground_share_max"]),
+        )
+
+
+def background(
+    channel: int, zero_shares: Sequence[float], foreground_shares: Sequence[float], stripped_share: float
+) -> Background:
+    """Summarise one channel's training cases: their share of exact zeros and of foreground."""
+    zeros = np.asarray(zero_shares, dtype=np.float64)
+    return Background(
+        channel=channel,
+        cases=len(zeros),
+        stripped_cases=int((zeros >= stripped_share).sum()),
+        stripped_share=float(stripped_share),
+        zero_share_min=float(zeros.min()) if zeros.size else 0.0,
+        zero_share_max=float(zeros.max()) if zeros.size else 0.0,
+        foreground_share_max=float(max(foreground_shares, default=0.0)),
+    )
+
+
+def auto_scheme(modality: str, bg: Background, foreground_share: float) -> tuple[str, str]:
+    """The scheme ``auto`` gives one channel, and why.
+
+    CT: ``ct``. Otherwise "0 outside" (the paper's ``zscore_nonzero``) only where it is safe: every
+    training case is exactly 0 outside its nonzero region (so the network learns what 0 means) and the
+    foreground is at most ``foreground_share`` of that region (so the edge of the nonzero region is not
+    the foreground's edge), as in BraTS. Everywhere else zeroing the outside can give it a tissue's
+    intensity: the z-score of a region that is mostly one tissue is that tissue's mean, which is 0. A
+    brain template (exactly 0 outside the brain) normalised so has no edge between brain and outside.
+    There the outside keeps the z-score of intensity 0 (``OUTSIDE_KEPT``), far below every tissue:
+
+    * no training case has a stripped outside: training is the same under both schemes (the nonzero
+      region is the whole image), but a case stripped at test time would lose its edge;
+    * the cases disagree: the stripped ones would see an outside the others never show;
+    * every case is stripped, but the foreground fills the nonzero region: its edge is the outside's.
+    """
+    if is_ct(modality):
+        return "ct", "CT: clipped to the foreground's 0.5-99.5 percentiles, z-scored with its mean and std"
+    seen = (
+        f"{bg.stripped_cases} of {bg.cases} training cases exactly 0 over >= {bg.stripped_share:.0%} of "
+        f"the image (zeros {bg.zero_share_min:.0%}-{bg.zero_share_max:.0%}), foreground up to "
+        f"{bg.foreground_share_max:.0%} of a case's nonzero region"
+    )
+    if bg.stripped_cases == bg.cases and bg.cases and bg.foreground_share_max <= foreground_share:
+        return "zscore_nonzero", (
+            f"z-score over the nonzero region, 0 outside (the paper's): every case has a zero outside and "
+            f"the foreground is a small part of the nonzero region ({seen})"
+        )
+    if bg.stripped_cases == 0:
+        reason = "no training case has a zero outside, so a case stripped at test time would lose its edge"
+    elif bg.stripped_cases < bg.cases:
+        reason = "the cases disagree about a zero outside"
+    else:
+        reason = (
+            f"the foreground fills more than {foreground_share:.0%} of the nonzero region, so 0 outside "
+            f"would give the outside the foreground's intensity"
+        )
+    return OUTSIDE_KEPT, f"z-score over the nonzero region, the outside keeps its value: {reason} ({seen})"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """``dataset.normalization`` resolved for a dataset: per channel the scheme, why, and the training
+    cases' background (what ``predict`` compares a new case with)."""
+
+    schemes: tuple[str, ...]
+    why: tuple[str, ...]
+    backgrounds: tuple[Background, ...]
+
+
+def requested_schemes(dataset_spec, num_channels: int, where) -> list[str]:
+    """``dataset.normalization`` per channel ("auto" where the rule decides)."""
+    requested = dataset_spec.normalization
+    if requested is None or requested == "auto":
+        return ["auto"] * num_channels
+    if len(requested) != num_channels:
+        raise DataError(f"{where}: {num_channels} channels, but dataset.normalization names {len(requested)}")
+    return list(requested)
+
+
+def resolve_normalization(dataset_spec, info: DatasetInfo, workers: int = 0, quiet: bool = True) -> Resolved:
+    """Per channel: the spec's scheme, or for ``auto`` the rule's (:func:`auto_scheme`) from the
+    dataset's fingerprint (read once and cached next to the preprocessing cache)."""
+    from nastk.data.fingerprint import (
+        compute_fingerprint,
+    )  # the fingerprint reads cases as preprocessing does
+
+    requested = requested_schemes(dataset_spec, info.num_channels, info.root / "dataset.json")
+    rule = dataset_spec.auto_normalization
+    fp = compute_fingerprint(
+        info.root,
+        info.format,
+        dataset_spec.cache_dir,
+        workers=workers,
+        quiet=quiet,
+        plannable=False,
+    )
+    fg_shares = [c.foreground_share_of_nonzero for c in fp.cases]
+    schemes, why, backgrounds = [], [], []
+    for c, asked in enumerate(requested):
+        bg = background(c, [case.zero_share[c] for case in fp.cases], fg_shares, rule.stripped_share)
+        backgrounds.append(bg)
+        if asked == "auto":
+            scheme, reason = auto_scheme(info.modalities[c], bg, rule.foreground_share)
+            schemes.append(scheme)
+            why.append(f"auto: {reason}")
+        else:
+            schemes.append(asked)
+            why.append("set in the spec")
+    return Resolved(tuple(schemes), tuple(why), tuple(backgrounds))
+
+
+def background_mismatch(zero_share: float, bg: Background) -> str | None:
+    """Why a new case's background differs from every training case's (for a warning), or None."""
+    stripped = zero_share >= bg.stripped_share
+    if stripped and bg.stripped_cases == 0:
+        return (
+            f"channel {bg.channel} is exactly 0 over {zero_share:.0%} of the image (stripped or masked), "
+            f"but none of the {bg.cases} training cases was (zeros at most {bg.zero_share_max:.0%})"
+        )
+    if not stripped and bg.cases and bg.stripped_cases == bg.cases:
+        return (
+            f"channel {bg.channel} has no zero outside ({zero_share:.0%} zeros), but every one of the "
+            f"{bg.cases} training cases had one (zeros at least {bg.zero_share_min:.0%})"
+        )
+    return None
 
 
 def _foreground_samples(args) -> list[np.ndarray]:

@@ -51,7 +51,7 @@ from nastk.data.geometry import bounding_box as bounding_box
 from nastk.data.geometry import reorient as reorient
 from nastk.data.geometry import restore_geometry as restore_geometry
 from nastk.data.imageio import Geometry, check_headers, read_image, read_label, to_array
-from nastk.data.normalize import ct_statistics, normalization_schemes, normalize_with_pad
+from nastk.data.normalize import ct_statistics, normalize_with_pad, resolve_normalization
 from nastk.data.splits import make_splits as make_splits
 from nastk.data.splits import read_splits_file
 from nastk.data.splits import search_halves as search_halves
@@ -79,6 +79,7 @@ def process_case(
     nonzero = np.zeros(canonical.size[::-1], dtype=np.uint8)
     for c in channels:
         nonzero |= sitk.GetArrayViewFromImage(c) != 0
+    zero_share = [float(np.mean(sitk.GetArrayViewFromImage(c) == 0)) for c in channels]
     nonzero_img = canonical.apply(sitk.GetImageFromArray(nonzero))
     channels = [resample(c, plan.spacing, sitk.sitkBSpline) for c in channels]
     resampled = Geometry.of(channels[0])
@@ -106,6 +107,7 @@ def process_case(
         "shape": list(image.shape[1:]),
         "classes": sorted(int(v) for v in np.unique(label) if v > 0) if label is not None else [],
         "pad_value": pad,
+        "zero_share": zero_share,  # per channel, as acquired: predict compares it with training's
     }
     return np.ascontiguousarray(image), label, meta
 
@@ -172,18 +174,25 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
     if sorted(info.labels) != list(range(len(info.labels))):
         raise DataError(f"{info.root / 'dataset.json'}: labels must be 0..{len(info.labels) - 1}")
     workers = workers if workers is not None else dataset_spec.num_workers
-    plan = Plan(
-        dataset=dataset_identity(info),
-        spacing=tuple(float(s) for s in dataset_spec.spacing),
-        normalization=normalization_schemes(dataset_spec, info),
-        labels=tuple(sorted(info.labels)),
-        crop_nonzero=dataset_spec.crop_nonzero,
-    )
     ids = [case.id for case in info.training]
     folds = (
         read_splits_file(dataset_spec.splits_file, ids, dataset_spec.num_folds)
         if getattr(dataset_spec, "splits_file", None)
         else make_splits(ids, dataset_spec.num_folds, seed)
+    )
+    # The content of every file, hashed once and then known by (size, mtime, inode): an edited file is
+    # noticed, an unchanged dataset is not read again (nor by the fingerprint below, which asks for them).
+    index = cache_dir_for(dataset_spec) / DIGESTS_FILE
+    digests, updated = read_digests(listed_files(info), index)
+    # auto normalisation reads the dataset's fingerprint (cached next to the cache; nothing is written
+    # unless every case reads)
+    normalization = resolve_normalization(dataset_spec, info, workers, quiet)
+    plan = Plan(
+        dataset=dataset_identity(info),
+        spacing=tuple(float(s) for s in dataset_spec.spacing),
+        normalization=normalization.schemes,
+        labels=tuple(sorted(info.labels)),
+        crop_nonzero=dataset_spec.crop_nonzero,
     )
     splits = json.dumps(folds, indent=1)
     # Everything that can be checked without reading voxels is checked before anything is written.
@@ -191,10 +200,6 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
     remove_stale_temps(out)
     plan_file = out / "plan.json"
     stats = _cached_plan(plan_file, plan) if plan_file.exists() else None
-    # The content of every file, hashed once and then known by (size, mtime, inode): an edited file is
-    # noticed, an unchanged dataset is not read again.
-    index = out / DIGESTS_FILE
-    digests, updated = read_digests(listed_files(info), index)
     sources = {case.id: case_sources(info, case, digests) for case in info.training}
     content = combine(plan.dataset, digests, info.root)
     if "ct" in plan.normalization:  # CT statistics are the whole dataset's: an edited file changes every case
@@ -211,7 +216,14 @@ def preprocess(dataset_spec, seed: int = 0, workers: int | None = None, quiet: b
         ct_channels = [c for c, s in enumerate(plan.normalization) if s == "ct"]
         stats = ct_statistics(info, ct_channels, workers, quiet) if ct_channels else {}
     plan_text = json.dumps(
-        {"plan": plan.__dict__, "ct_statistics": stats, "modalities": info.modalities, "content": content},
+        {
+            "plan": plan.__dict__,
+            "ct_statistics": stats,
+            "modalities": info.modalities,
+            "normalization_why": normalization.why,
+            "background": [bg.to_dict() for bg in normalization.backgrounds],
+            "content": content,  # the dataset's content key (digest.combine)
+        },
         indent=1,
         default=list,
     )

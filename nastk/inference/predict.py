@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nastk.data.cache import load_backgrounds
 from nastk.data.dataset import IMAGE_SUFFIXES, Case, image_files, read_dataset, strip_suffix
 from nastk.data.imageio import check_headers
+from nastk.data.normalize import background_mismatch
 from nastk.data.preprocess import load_plan, pad_value, preprocess, process_case, restore_geometry
 from nastk.device import resolve_device
 from nastk.errors import DataError
@@ -21,7 +23,7 @@ from nastk.inference.sliding_window import sliding_window_predict
 from nastk.inference.writer import write_label
 from nastk.io import remove_stale_temps
 from nastk.lock import run_lock
-from nastk.logs import record, run_log, start_log_file
+from nastk.logs import logger, record, run_log, start_log_file
 from nastk.network import network_from_model
 from nastk.progress import CaseBars
 from nastk.provenance import check_folds_agree, run_folds
@@ -154,11 +156,11 @@ def run_predict(spec: Spec, run: Path, input_path: Path, opts: PredictOptions) -
     if opts.disable_tta:
         spec = spec.model_copy(update={"inference": spec.inference.model_copy(update={"flip_tta": False})})
     dev = resolve_device(opts.device)
-    if (Path(run) / "plan.json").is_file():  # written by retrain: no training data needed here
-        plan, stats = load_plan(Path(run) / "plan.json")
-    else:
-        cache = preprocess(spec.dataset, seed=spec.seed, quiet=True)
-        plan, stats = load_plan(cache.root / "plan.json")
+    plan_file = Path(run) / "plan.json"  # written by retrain: no training data needed here
+    if not plan_file.is_file():
+        plan_file = preprocess(spec.dataset, seed=spec.seed, quiet=True).root / "plan.json"
+    plan, stats = load_plan(plan_file)
+    backgrounds = load_backgrounds(plan_file)
     cases = input_cases(Path(input_path), spec.dataset.in_channels)
     for case in cases:
         check_headers(case.images, None, f"case {case.id}", spec.dataset.in_channels)
@@ -174,13 +176,25 @@ def run_predict(spec: Spec, run: Path, input_path: Path, opts: PredictOptions) -
             f"predict {len(cases)} case(s) from {input_path}, fold(s) {folds}, model_{opts.model}: {output}"
         )
         record(post)
-        return _predict_cases(spec, cases, models, (plan, stats), classes, opts, dev)
+        return _predict_cases(spec, cases, models, (plan, stats, backgrounds), classes, opts, dev)
+
+
+def warn_unseen_background(case_id: str, meta: dict, plan, backgrounds) -> None:
+    """One warning line per channel whose background (stripped or not) no training case had: such a
+    case is normalised unlike anything the network saw (docs/planning.md, "Normalisation")."""
+    for bg, share in zip(backgrounds, meta.get("zero_share", [])):
+        why = background_mismatch(share, bg)
+        if why is not None:
+            logger.warning(
+                f"case {case_id}: {why}; normalised with {plan.normalization[bg.channel]}, its intensities "
+                f"may not match training (docs/planning.md#normalisation)"
+            )
 
 
 def _predict_cases(spec: Spec, cases, models, plan_stats, classes, opts: PredictOptions, dev) -> list[Path]:
     """Each case: preprocessed as in training, every fold's window probabilities, ensembled,
     post-processed and written in the case's original geometry."""
-    inf, (plan, stats), output, resume = spec.inference, plan_stats, opts.output, opts.resume
+    inf, (plan, stats, backgrounds), output, resume = spec.inference, plan_stats, opts.output, opts.resume
     written = []
     bar = CaseBars(len(cases), opts.quiet)
     governor = thread_governor()  # shares the CPUs with other jobs, as training does
@@ -193,6 +207,7 @@ def _predict_cases(spec: Spec, cases, models, plan_stats, classes, opts: Predict
             written.append(target)
             continue
         image, _, meta = process_case(case, plan, stats, set(range(spec.dataset.num_classes)))
+        warn_unseen_background(case.id, meta, plan, backgrounds)
         volume = torch.from_numpy(image)
         per_fold, prob_sum = [], None
         for net in models:

@@ -166,9 +166,14 @@ def make_plan(
     ds["spacing"] = [float(s) for s in spacing]
     comments["dataset.spacing"] = why
     modalities = [fp.modalities[c] for c in sorted(fp.modalities)]
-    relative_crop = float(np.median([c.relative_size_after_crop for c in fp.cases]))
-    share = max(c.foreground_share_of_nonzero for c in fp.cases)
-    schemes, why = rules.normalization(modalities, relative_crop, share)
+    rule = base_spec.dataset.auto_normalization
+    schemes, why = rules.normalization(
+        modalities,
+        [[case.zero_share[c] for case in fp.cases] for c in range(len(modalities))],
+        [case.foreground_share_of_nonzero for case in fp.cases],
+        rule.stripped_share,
+        rule.foreground_share,
+    )
     ds["normalization"] = schemes
     comments["dataset.normalization"] = why
     ds["crop_nonzero"] = True

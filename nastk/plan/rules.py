@@ -13,6 +13,8 @@ import re
 
 import numpy as np
 
+from nastk.data.normalize import FOREGROUND_SHARE, STRIPPED_SHARE, auto_scheme, background
+
 # nnU-Net: an axis is anisotropic when its spacing is more than 3x the next largest.
 ANISOTROPY = 3.0
 # nnU-Net: at least 2 patches per GPU (also the paper's retraining: 16 patches on 8 GPUs), and a batch
@@ -123,33 +125,25 @@ def nsd_tolerance(median_spacing: np.ndarray) -> float:
 
 
 def normalization(
-    modalities: list[str], relative_crop: float, foreground_share: float
+    modalities: list[str],
+    zero_shares: list[list[float]],
+    foreground_shares: list[float],
+    stripped_share: float = STRIPPED_SHARE,
+    foreground_share: float = FOREGROUND_SHARE,
 ) -> tuple[list[str], str]:
-    """Per channel: ``ct`` for CT (nnU-Net, and the paper's C2FNAS preprocessing); for every other
-    modality the paper's z-score over the nonzero region with 0 outside (``zscore_nonzero``), whatever
-    the fingerprint says, because the ablation (docs/planning.md) found nothing better:
-
-    * nnU-Net's test (statistics from the whole image unless cropping to the nonzero region leaves less
-      than 3/4 of the median image) changes nothing on images without zeros, where the two statistics
-      agree, and fails images that arrive masked at test time: with no masked training case the whole
-      image's mean and std of a masked case are not the training cases' (the shifted head task);
-    * keeping the outside at its own value (the z-score of intensity 0) where the nonzero region is
-      mostly foreground, which issue 17's real head MR suggested, lost to 0 outside on both head tasks.
-
-    ``relative_crop`` (median over cases) and ``foreground_share`` (the largest) are reported in the
-    reason so that a user can judge their data against the ablation's; ``zscore`` and
-    ``zscore_nonzero_keep`` stay available in the spec."""
-    schemes = ["ct" if m.strip().upper() == "CT" else "zscore_nonzero" for m in modalities]
-    notes = []
-    if any(s != "ct" for s in schemes):
-        notes.append(
-            f"z-score over the nonzero region, 0 outside (the paper's; nnU-Net's whole-image rule and "
-            f"keeping the outside's value did not beat it in the ablation, docs/planning.md); cropping to "
-            f"nonzero leaves {relative_crop:.0%} of the median image, foreground is up to "
-            f"{foreground_share:.0%} of a case's nonzero region"
-        )
-    if any(s == "ct" for s in schemes):
-        notes.append("CT: clipped to the foreground's 0.5-99.5 percentiles, z-scored with its mean and std")
+    """Per channel, what ``dataset.normalization: auto`` resolves to (``nastk.data.normalize.auto_scheme``):
+    ``ct`` for CT (nnU-Net, and the paper's C2FNAS preprocessing); for any other modality the paper's
+    z-score over the nonzero region with 0 outside only where every case has an exact-zero outside and
+    the foreground is a small part of the nonzero region, else the same statistics with the outside
+    keeping its value, so that it is never given a tissue's intensity. ``zero_shares[c][i]`` is case
+    i's share of exact zeros in channel c, ``foreground_shares[i]`` the share of its nonzero region that
+    is foreground. The ablation behind it is in docs/planning.md."""
+    schemes, notes = [], []
+    for c, modality in enumerate(modalities):
+        bg = background(c, zero_shares[c], foreground_shares, stripped_share)
+        scheme, why = auto_scheme(modality, bg, foreground_share)
+        schemes.append(scheme)
+        notes.append(why if len(modalities) == 1 else f"channel {c}: {why}")
     return schemes, "; ".join(notes)
 
 

@@ -19,15 +19,17 @@ arrays depend only on ``(seed, case_id, size, classes)``, and the files are byte
 
 from __future__ import annotations
 
-from nastk.data.synthetic.head import HEAD_LABELS, write_head_task
+from nastk.data.synthetic.head import EXTRACTION_LABELS, HEAD_LABELS, write_extraction_task, write_head_task
 from nastk.data.synthetic.oracle import threshold_baseline, threshold_baseline_dice
 from nastk.data.synthetic.organ import LABEL_NAMES, write_synthetic_task
 
 __all__ = [
+    "EXTRACTION_LABELS",
     "HEAD_LABELS",
     "LABEL_NAMES",
     "threshold_baseline",
     "threshold_baseline_dice",
+    "write_extraction_task",
     "write_head_task",
     "write_synthetic_task",
 ]
