@@ -170,9 +170,17 @@ def read_record(run: Path, fold: int) -> dict[str, Any] | None:
 
 
 def write_record(run: Path, record: dict[str, Any]) -> Path:
+    """Fold ``record["fold"]``'s record, written only where it changed (a finished fold started again
+    writes nothing)."""
     from nastk.io import atomic_write_text
 
-    return atomic_write_text(record_path(run, record["fold"]), json.dumps(record, indent=1))
+    path, text = record_path(run, record["fold"]), json.dumps(record, indent=1)
+    try:
+        if path.read_text() == text:
+            return path
+    except OSError:
+        pass
+    return atomic_write_text(path, text)
 
 
 def mismatch(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, str] | None:
