@@ -225,6 +225,34 @@ def test_retraining_a_fold_with_other_settings_into_a_run_is_refused(retrained, 
         assert not (run / "retrain" / "fold_1" / "provenance.json").exists()
 
 
+def test_a_run_from_before_provenance_records_is_still_protected(retrained, tmp_path, capfd):
+    """Folds trained before records were kept: the run's splits.json stands for them."""
+    _, _, source = retrained
+    run = _copy_run(source, tmp_path / "run")
+    shutil.rmtree(run / "retrain" / "fold_1")
+    (run / "retrain" / "fold_0" / "provenance.json").unlink()
+    kept = (run / "splits.json").read_text()
+    code, _, err = cli_in_process(
+        capfd,
+        "retrain",
+        run / "spec.yaml",
+        "--arch",
+        run / "arch.json",
+        "--fold",
+        "1",
+        "--out",
+        run,
+        "--quiet",
+        "--set",
+        "seed=1",
+        "--set",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(run / "splits.json") in err and "fold 0" in err and "fold_1" in err
+    assert (run / "splits.json").read_text() == kept
+
+
 def test_folds_made_differently_are_not_ensembled_exported_or_mixed_silently(retrained, tmp_path, capfd):
     _, root, source = retrained
     run = _copy_run(source, tmp_path / "run")
