@@ -112,6 +112,24 @@ def any_flag(flag: bool, dist: Dist) -> bool:
     return bool(t.item() > 0)
 
 
+def any_flags(flags: list[bool], dist: Dist) -> list[bool]:
+    """Each flag True on every rank if it is True on any rank: one all-reduce for all of them."""
+    if not dist.enabled:
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=dist.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return [bool(v > 0) for v in t.tolist()]
+
+
+def from_main(value, dist: Dist):
+    """Rank 0's ``value`` (picklable) on every rank, e.g. a decision made from what rank 0 sees on disk."""
+    if not dist.enabled:
+        return value
+    box = [value if dist.is_main else None]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather(items: list, dist: Dist) -> list:
     """Every rank's ``items`` (picklable), concatenated in rank order, on every rank."""
     if not dist.enabled:
