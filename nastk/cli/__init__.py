@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         _print_error(exc)
         sys.exit(2)
     except Preempted as exc:  # SIGTERM/SIGUSR1: checkpointed; the same command continues (docs: 75)
-        print(f"stopped: {exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)
     except typer.Abort:  # end of input at a prompt
         print("Aborted!", file=sys.stderr)

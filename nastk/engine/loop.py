@@ -15,7 +15,7 @@ validation included), and goes to the run's tracker as well as to the CSV.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,6 +63,13 @@ def prepared_cache(spec: Spec, dist: dd.Dist, quiet: bool):
     if not dist.is_main:
         cache = preprocess(spec.dataset, seed=spec.seed, quiet=True)
     return cache
+
+
+def batches(loader) -> Iterator:
+    """``iter(loader)`` without a draw from the global RNG (a DataLoader's iterator draws its base seed
+    there), so that a resumed run's RNG, restored before, goes on as the uninterrupted run's did."""
+    with torch.random.fork_rng(devices=[]):
+        return iter(loader)
 
 
 def resume_state(path: Path, spec: Spec, parts: dict[str, Any], extra: tuple[str, ...], total: int):

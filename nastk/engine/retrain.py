@@ -42,6 +42,7 @@ from nastk.engine.common import (
 from nastk.engine.loop import (
     Loop,
     StepResult,
+    batches,
     guard_run,
     is_due,
     memory_columns,
@@ -245,7 +246,7 @@ def _retrain_fold(
         return out
     step = RetrainStep(spec, opts, dist, parts, aug, fold, best)
     workers = opts.workers if opts.workers is not None else spec.dataset.num_workers
-    step.loader = iter(
+    step.loader = batches(
         make_loader(ds, batch, start * batch, (total - start) * batch, workers, dist.rank, dist.world_size)
     )
     _train_fold(spec, opts, dist, step, (start, total), arch, (cache.root, split["val"], oof), stop)

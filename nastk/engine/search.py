@@ -42,6 +42,7 @@ from nastk.engine.common import (
 from nastk.engine.loop import (
     Loop,
     StepResult,
+    batches,
     guard_run,
     memory_columns,
     prepared_cache,
@@ -165,7 +166,7 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist, stop: StopRequests | No
 
     def loader(ds, first_sample):
         remaining = (total - start) * batch
-        return iter(make_loader(ds, batch, first_sample, remaining, workers, dist.rank, dist.world_size))
+        return batches(make_loader(ds, batch, first_sample, remaining, workers, dist.rank, dist.world_size))
 
     step.it1 = loader(ds1, start * batch)
     step.it2 = loader(ds2, max(0, start - step.joint_start) * batch)
