@@ -75,7 +75,7 @@ def setup(tmp_path_factory):
     data["search"].update(
         warmup_iters=4, weight_iters=12, joint_iters=24, milestones=[10], checkpoint_every=EVERY, log_every=1
     )
-    data["retrain"].update(warmup_iters=2, iters=14, val_every=8, checkpoint_every=4)
+    data["retrain"].update(warmup_iters=2, iters=10, val_every=12, checkpoint_every=4)
     spec = tmp / "spec.yaml"
     spec.write_text(yaml.safe_dump(data))
     bin_dir = tmp / "bin"
@@ -229,7 +229,7 @@ def test_retrain_all_folds_killed_in_the_second_fold_gives_the_same_models_and_p
     full, run = runs["retrain_full"], runs["retrain_killed"]
     assert _launch(setup, RETRAIN_LINE, full).wait(timeout=600) == 0, _output(full)
     agent = _launch(setup, RETRAIN_LINE, run)
-    _wait_rows(agent, run / "retrain" / "fold_1" / "log.csv", 8)
+    _wait_rows(agent, run / "retrain" / "fold_1" / "log.csv", 6)
     os.kill(_worker(agent.pid, 1), signal.SIGKILL)
     assert agent.wait(timeout=600) == 0, _output(run)
     files = sorted(p.relative_to(full) for p in full.rglob("*") if p.is_file())
@@ -239,7 +239,7 @@ def test_retrain_all_folds_killed_in_the_second_fold_gives_the_same_models_and_p
         assert (full / name).read_bytes() == (run / name).read_bytes(), name
     for fold in (0, 1):
         logged = [int(r["iteration"]) for r in _log_rows(run / "retrain" / f"fold_{fold}" / "log.csv")]
-        assert logged == list(range(16))
+        assert logged == list(range(12))
     text = (run / "log.txt").read_text()
     assert text.count("retrain fold 0 started") == 1 and "retrain fold 0 is already trained" in text
     assert text.count("retrain fold 1 started") == 1 and text.count("retrain fold 1 resumed") == 1
