@@ -186,24 +186,48 @@ def test_search_with_a_worker_killed_halfway_restarts_and_is_bit_identical(setup
     assert f"search resumed at iteration {EVERY} of {TOTAL}" in (run / "log.txt").read_text()
 
 
-def test_sigterm_to_the_agent_checkpoints_then_the_same_line_finishes_bit_identical(setup):
+def _stopped_at(run: Path) -> int:
+    return torch.load(run / "search" / "checkpoint.pt", weights_only=True)["iteration"]
+
+
+def test_sigterm_checkpoints_on_every_rank_after_one_agreed_iteration_and_the_same_line_finishes(setup):
     run = setup["tmp"] / "terminated"
+    log_csv = run / "search" / "log.csv"
     agent = _launch(setup, SEARCH_LINE, run)
-    _wait_rows(agent, run / "search" / "log.csv", EVERY + 4)
+    # SIGTERM to rank 1 alone: rank 0 never gets a signal, yet both stop after the same iteration, with
+    # a checkpoint; torchrun sees its workers fail (exit 75) and restarts the group, which continues
+    _wait_rows(agent, log_csv, EVERY + 2)
+    os.kill(_worker(agent.pid, 1), signal.SIGTERM)
+    end = time.monotonic() + 300
+    while "resumed at iteration" not in (run / "log.txt").read_text():
+        assert agent.poll() is None and time.monotonic() < end, _output(run)
+        time.sleep(0.02)
+    first = _stopped_at(run)
+    assert EVERY + 2 <= first < 2 * EVERY  # not a scheduled checkpoint (16, 32, 40)
+    log = (run / "log.txt").read_text()
+    assert f"stopped by a signal on another rank after iteration {first} of {TOTAL}" in log  # rank 0's line
+    assert f"search resumed at iteration {first} of {TOTAL}" in log
+    # then SIGTERM to the torchrun agent, which passes it to both workers and ends
+    _wait_rows(agent, log_csv, first + 2)
     agent.send_signal(signal.SIGTERM)
-    assert agent.wait(timeout=600) != 0  # torchrun reports the signal (its workers exit 75: test_stop.py)
-    stopped = torch.load(run / "search" / "checkpoint.pt", weights_only=True)["iteration"]
-    assert EVERY + 4 <= stopped < TOTAL and stopped % EVERY != 0  # newer than the last scheduled one
-    assert f"stopped by SIGTERM after iteration {stopped} of {TOTAL}" in (run / "log.txt").read_text()
-    stops = [line for line in _output(run).splitlines() if line.startswith("stopped by SIGTERM")]
-    assert len(stops) == 2 and stops[0] == stops[1]  # each rank stopped, after the same iteration
-    assert [int(r["iteration"]) for r in _log_rows(run / "search" / "log.csv")] == list(range(stopped))
+    assert agent.wait(timeout=600) != 0  # torchrun reports the signal (the workers' exit 75: test_stop.py)
+    second = _stopped_at(run)
+    assert first + 2 <= second < TOTAL and second % EVERY != 0  # newer than the last scheduled one
+    assert f"stopped by SIGTERM after iteration {second} of {TOTAL}" in (run / "log.txt").read_text()
+    stops = [
+        line
+        for line in _output(run).splitlines()
+        if line.startswith(f"stopped by SIGTERM after iteration {second}")
+    ]
+    assert len(stops) == 2  # each rank stopped, after the same iteration
+    assert [int(r["iteration"]) for r in _log_rows(log_csv)] == list(range(second))
+    # the same line again finishes the run, bit-identical to the uninterrupted one
     again = _launch(setup, SEARCH_LINE, run)
     assert again.wait(timeout=600) == 0, _output(run)
     _same_search(setup["full"], run)
-    assert _log_rows(run / "search" / "log.csv") == _log_rows(setup["full"] / "search" / "log.csv")
-    assert f"search resumed at iteration {stopped} of {TOTAL}" in (run / "log.txt").read_text()
-    assert _events(run, "search") == {"started": 1, "resumed": 1, "finished": 1}
+    assert _log_rows(log_csv) == _log_rows(setup["full"] / "search" / "log.csv")
+    assert f"search resumed at iteration {second} of {TOTAL}" in (run / "log.txt").read_text()
+    assert _events(run, "search") == {"started": 1, "resumed": 2, "finished": 1}
 
 
 def test_a_kill_during_a_checkpoint_write_restarts_from_the_previous_one(setup):

@@ -90,6 +90,20 @@ def test_checkpoint_minutes_is_not_part_of_the_spec_hash(tmp_path, synth):
     assert ckpt.spec_hash(spec) == ckpt.spec_hash(other) != ckpt.spec_hash(changed)
 
 
+def test_checkpoint_minutes_reaches_the_search_loop(tmp_path, synth, monkeypatch):
+    from nastk.engine import search
+    from nastk.engine.options import RunOptions
+
+    saved = []
+    original = search.save_checkpoint
+    monkeypatch.setattr(search, "save_checkpoint", lambda *a: saved.append(a[-1]) or original(*a))
+    _, spec = tiny_spec(
+        tmp_path, synth, **{"search.checkpoint_every": 100, "search.checkpoint_minutes": 1e-9}
+    )
+    search.run_search(spec, RunOptions(out=tmp_path / "run", quiet=True))
+    assert saved == list(range(1, 9))  # a checkpoint after every iteration; by count alone only at 8
+
+
 def _search(capfd, spec, run, *flags):
     return cli_in_process(capfd, "search", spec, "--out", run, "--quiet", "--deterministic", *flags)
 
@@ -182,6 +196,10 @@ def test_a_signal_in_a_fold_s_last_steps_stops_before_the_next_fold(retrained, t
     ).is_file()
     log = (run / "log.txt").read_text()
     assert "retrain fold 0 is already trained" in log and "--auto-resume: no checkpoint in" in log
+    # started again once finished: exit 0, no model or prediction written again
+    written = {p: p.stat().st_mtime_ns for p in (run / "retrain").rglob("*") if p.suffix in (".pt", ".gz")}
+    assert cli_in_process(capfd, *args)[0] == 0
+    assert {p: p.stat().st_mtime_ns for p in written} == written
 
 
 def test_predict_auto_resume_skips_what_is_written(retrained, tmp_path, capfd):
