@@ -24,11 +24,34 @@ from nastk.progress import Reporter
 from conftest import cli_in_process
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One CPU thread in these in-process runs (--threads 1): fast on a shared two-core machine; the
+    thread settings are put back for the tests that follow."""
+    from nastk import threads
+
+    n, chosen = torch.get_num_threads(), threads._chosen_by_nastk
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+    threads._chosen_by_nastk = chosen
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     from nastk.data.synthetic import write_synthetic_task
 
-    return write_synthetic_task(tmp_path_factory.mktemp("data") / "Synth", cases=4, size=24, test_cases=1)
+    folder = tmp_path_factory.mktemp("data")
+    root = write_synthetic_task(folder / "Synth", cases=4, size=24, test_cases=1)
+    SHARED_CACHE[:] = [str(folder / "cache")]  # preprocessed once for the module's runs
+    return root
+
+
+SHARED_CACHE: list[str] = []
+
+
+def spec_of(tmp_path, root, **override):
+    return tiny_spec(tmp_path, root, **{"dataset.cache_dir": SHARED_CACHE[0], **override})
 
 
 def _loop(total, checkpoints, *, every=100, minutes=None, stop=None, clock=None, step_hook=None):
@@ -83,9 +106,9 @@ def test_one_process_agrees_with_itself():
 
 
 def test_checkpoint_minutes_is_not_part_of_the_spec_hash(tmp_path, synth):
-    _, spec = tiny_spec(tmp_path, synth)
-    _, other = tiny_spec(tmp_path, synth, **{"search.checkpoint_minutes": 5, "retrain.checkpoint_minutes": 2})
-    _, changed = tiny_spec(tmp_path, synth, **{"search.checkpoint_every": 3})
+    _, spec = spec_of(tmp_path, synth)
+    _, other = spec_of(tmp_path, synth, **{"search.checkpoint_minutes": 5, "retrain.checkpoint_minutes": 2})
+    _, changed = spec_of(tmp_path, synth, **{"search.checkpoint_every": 3})
     assert other.search.checkpoint_minutes == 5
     assert ckpt.spec_hash(spec) == ckpt.spec_hash(other) != ckpt.spec_hash(changed)
 
@@ -97,15 +120,15 @@ def test_checkpoint_minutes_reaches_the_search_loop(tmp_path, synth, monkeypatch
     saved = []
     original = search.save_checkpoint
     monkeypatch.setattr(search, "save_checkpoint", lambda *a: saved.append(a[-1]) or original(*a))
-    _, spec = tiny_spec(
-        tmp_path, synth, **{"search.checkpoint_every": 100, "search.checkpoint_minutes": 1e-9}
-    )
+    _, spec = spec_of(tmp_path, synth, **{"search.checkpoint_every": 100, "search.checkpoint_minutes": 1e-9})
     search.run_search(spec, RunOptions(out=tmp_path / "run", quiet=True))
     assert saved == list(range(1, 9))  # a checkpoint after every iteration; by count alone only at 8
 
 
 def _search(capfd, spec, run, *flags):
-    return cli_in_process(capfd, "search", spec, "--out", run, "--quiet", "--deterministic", *flags)
+    return cli_in_process(
+        capfd, "search", spec, "--out", run, "--quiet", "--deterministic", "--threads", "1", *flags
+    )
 
 
 def _stop_search_at(monkeypatch, iteration: int, sig=signal.SIGTERM):
@@ -123,7 +146,7 @@ def _stop_search_at(monkeypatch, iteration: int, sig=signal.SIGTERM):
 
 
 def test_auto_resume_starts_continues_and_leaves_a_finished_search_alone(tmp_path, synth, capfd, monkeypatch):
-    spec, _ = tiny_spec(tmp_path, synth, **{"search.checkpoint_every": 100, "search.joint_iters": 8})
+    spec, _ = spec_of(tmp_path, synth, **{"search.checkpoint_every": 100, "search.joint_iters": 8})
     run = tmp_path / "run"
     # --resume is strict: nothing to resume; both flags at once are refused
     code, _, err = _search(capfd, spec, run, "--resume")
@@ -156,7 +179,7 @@ def test_auto_resume_starts_continues_and_leaves_a_finished_search_alone(tmp_pat
     assert _search(capfd, spec, run, "--resume")[0] == 0
     assert (run / "arch.json").stat().st_mtime_ns != before[run / "arch.json"]
     # a checkpoint of another spec is still refused
-    other, _ = tiny_spec(tmp_path, synth, **{"search.checkpoint_every": 100, "search.joint_iters": 9})
+    other, _ = spec_of(tmp_path, synth, **{"search.checkpoint_every": 100, "search.joint_iters": 9})
     code, _, err = _search(capfd, other, run, "--auto-resume")
     assert code == 2 and "spec changed" in err
 
@@ -180,7 +203,18 @@ def test_a_signal_in_a_fold_s_last_steps_stops_before_the_next_fold(retrained, t
             os.kill(os.getpid(), signal.SIGTERM)
         return result
 
-    args = ("retrain", spec, "--arch", run / "arch.json", "--fold", "all", "--quiet", "--auto-resume")
+    args = (
+        "retrain",
+        spec,
+        "--arch",
+        run / "arch.json",
+        "--fold",
+        "all",
+        "--quiet",
+        "--auto-resume",
+        "--threads",
+        "1",
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(retrain.RetrainStep, "__call__", step)
         code, _, err = cli_in_process(capfd, *args)
@@ -207,7 +241,7 @@ def test_predict_auto_resume_skips_what_is_written(retrained, tmp_path, capfd):
     run = tmp_path / "run"
     shutil.copytree(shared, run)
     out = tmp_path / "pred"
-    args = ("predict", run, "--input", root / "dataset.json", "--output", out, "--quiet")
+    args = ("predict", run, "--input", root / "dataset.json", "--output", out, "--quiet", "--threads", "1")
     assert cli_in_process(capfd, *args, "--auto-resume")[0] == 0
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
     assert len(first) == 2
