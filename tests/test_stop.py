@@ -258,3 +258,28 @@ def test_predict_auto_resume_skips_what_is_written(retrained, tmp_path, capfd):
 def test_cli_exit_code_is_documented():
     text = (Path(__file__).resolve().parents[1] / "docs" / "running-at-scale.md").read_text()
     assert f"exit code: {PREEMPTED_EXIT_CODE}" in text.lower() or f"code **{PREEMPTED_EXIT_CODE}**" in text
+
+
+def test_one_torchrun_agent_s_store_is_scoped_by_restart(monkeypatch):
+    from datetime import timedelta
+
+    import torch.distributed as tdist
+
+    server = tdist.TCPStore("127.0.0.1", 0, 1, is_master=True, timeout=timedelta(seconds=10))
+    env = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(server.port),
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "GROUP_WORLD_SIZE": "1",
+        "TORCHELASTIC_RESTART_COUNT": "1",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = dd.restart_store(0, 2, timedelta(seconds=10))
+    store.set("rank_0", "address")
+    assert server.get("nastk/attempt_1/rank_0") == b"address"  # not what attempt 0 wrote
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")  # several agents count restarts each: torchrun's store
+    assert dd.restart_store(0, 2, timedelta(seconds=10)) is None
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+    assert dd.restart_store(0, 2, timedelta(seconds=10)) is None
