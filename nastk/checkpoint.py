@@ -16,10 +16,14 @@ import torch
 from nastk.errors import DataError, NastkError, one_line
 from nastk.io import atomic_write_bytes
 
+# Fields that change when a run checkpoints, never what it computes: a restart may change them, and
+# leaving them out keeps the hashes of checkpoints written before they existed.
+CADENCE_FIELDS = {"search": {"checkpoint_minutes"}, "retrain": {"checkpoint_minutes"}}
+
 
 def spec_hash(spec) -> str:
-    """Hash of the resolved spec; a resumed run must have the same one."""
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+    """Hash of the resolved spec (less :data:`CADENCE_FIELDS`); a resumed run must have the same one."""
+    return hashlib.sha256(spec.model_dump_json(exclude=CADENCE_FIELDS).encode()).hexdigest()[:16]
 
 
 def _numpy_state() -> tuple:

@@ -37,3 +37,13 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's message on one line (whitespace collapsed), cut to ``limit`` characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+PREEMPTED_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: "try again later"
+
+
+class Preempted(Exception):  # noqa: N818 - not an error: a run asked to stop
+    """SIGTERM or SIGUSR1 stopped a training run after a checkpoint; the same command continues it.
+
+    Not a :class:`NastkError`: the CLI exits with :data:`PREEMPTED_EXIT_CODE`, not 2.
+    """

@@ -199,6 +199,12 @@ class SearchSpec(_Section):
     arch: AdamSpec = Field(default_factory=AdamSpec)
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(500, ge=1)
+    checkpoint_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="Also checkpoint when this many minutes passed since the last checkpoint (rank 0's "
+        "clock, agreed by every rank); unset: by `checkpoint_every` only.",
+    )
 
 
 class RetrainSpec(_Section):
@@ -227,6 +233,12 @@ class RetrainSpec(_Section):
         description="Iterations between log rows; unset: `search.log_every`, as before it existed.",
     )
     checkpoint_every: int = Field(500, ge=1)
+    checkpoint_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="Also checkpoint when this many minutes passed since the last checkpoint (rank 0's "
+        "clock, agreed by every rank); unset: by `checkpoint_every` only.",
+    )
 
 
 class InferenceSpec(_Section):

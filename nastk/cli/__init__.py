@@ -1,7 +1,8 @@
 """The ``nastk`` command line. One thin function per command; the work lives in the library.
 
 Errors a user can fix (``NastkError``) print one line, or a table for a spec, on stderr and exit
-with code 2, never with a traceback.
+with code 2, never with a traceback. A training run stopped by SIGTERM or SIGUSR1 after writing its
+checkpoint (``Preempted``) prints one line and exits with code 75.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from nastk.cli import specs, architectures, data, training, results, export  # n
 
 # isort: on
 from nastk.cli.common import _print_error, _print_usage_error, app
-from nastk.errors import NastkError
+from nastk.errors import PREEMPTED_EXIT_CODE, NastkError, Preempted
 
 __all__ = ["app", "main"]
 
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     except NastkError as exc:
         _print_error(exc)
         sys.exit(2)
+    except Preempted as exc:  # SIGTERM/SIGUSR1: checkpointed; the same command continues (docs: 75)
+        print(exc, file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
     except typer.Abort:  # end of input at a prompt
         print("Aborted!", file=sys.stderr)
         sys.exit(1)

@@ -120,6 +120,11 @@ def _run_options(out_path: Path, flags: dict) -> object:
     flags = {**{k: _plain(v) for k, v in flags.items()}, "compile": flags.get("compile_net", False)}
     kw = {f.name: flags[f.name] for f in fields(RunOptions) if f.name in flags and f.name != "out"}
     check_device_text(kw.get("device"))
+    if kw.get("resume") and kw.get("auto_resume"):
+        raise DataError(
+            "--resume and --auto-resume: pass one (--resume refuses a run without a checkpoint, "
+            "--auto-resume starts one)"
+        )
     if kw.get("amp") not in ("off", "bf16", "fp16"):
         raise DataError(f"--amp: {kw.get('amp')!r} is not one of off, bf16, fp16")
     return RunOptions(out=out_path, **kw)
@@ -163,6 +168,15 @@ DeterministicOption = Annotated[
 ]
 WorkersOption = Annotated[
     int | None, typer.Option(min=0, metavar="N", help="Data-loader workers (default: dataset.num_workers).")
+]
+AutoResumeOption = Annotated[
+    bool,
+    typer.Option(
+        "--auto-resume",
+        help="Continue from the checkpoint when there is one (same spec), else start and say so; a "
+        "finished run is left as it is (exit 0). The one command line for the first launch and every "
+        "restart (docs/running-at-scale.md).",
+    ),
 ]
 CompileOption = typer.Option(
     "--compile",

@@ -33,7 +33,14 @@ def predict(
     folds: Annotated[str | None, typer.Option(help="Comma-separated folds (default: all retrained).")] = None,
     model: Annotated[ModelFile, typer.Option(help="Which model file of each fold.")] = ModelFile.final,
     spec: Annotated[Path | None, typer.Option(help="Spec (default RUN/spec.yaml).")] = None,
-    resume: Annotated[bool, typer.Option("--continue", help="Skip cases already predicted.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--continue",
+            "--auto-resume",
+            help="Skip cases already predicted (--auto-resume: the same, named as in search and retrain).",
+        ),
+    ] = False,
     device: DeviceOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     set_fields: SetOption = None,

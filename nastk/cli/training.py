@@ -10,6 +10,7 @@ import typer
 from nastk.cli.common import (
     Amp,
     AmpOption,
+    AutoResumeOption,
     ChannelsLastOption,
     CompileOption,
     DeterministicOption,
@@ -55,8 +56,10 @@ def search(
         Path | None, typer.Option("--out", help="Run directory (default runs/<spec name>).")
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from RUN/search/ checkpoint.pt.")
+        bool,
+        typer.Option("--resume", help="Continue from RUN/search/checkpoint.pt; refuse when there is none."),
     ] = False,
+    auto_resume: AutoResumeOption = False,
     quiet: QuietOption = False,
     device: DeviceOption = None,
     amp: AmpOption = Amp.off,
@@ -88,7 +91,13 @@ def retrain(
     out_path: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default: arch.json's folder).")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the fold's checkpoint.pt.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue each fold from its checkpoint.pt (a fold without one starts)."
+        ),
+    ] = False,
+    auto_resume: AutoResumeOption = False,
     quiet: QuietOption = False,
     device: DeviceOption = None,
     amp: Annotated[

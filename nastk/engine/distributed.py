@@ -66,8 +66,36 @@ def setup(device: str | None = None) -> Dist:
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
         timeout = process_group_timeout()
-        tdist.init_process_group(backend="nccl" if kind == "cuda" else "gloo", timeout=timeout)
+        backend = "nccl" if kind == "cuda" else "gloo"
+        store = restart_store(rank, world, timeout)
+        if store is None:
+            tdist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            tdist.init_process_group(
+                backend=backend, timeout=timeout, store=store, rank=rank, world_size=world
+            )
     return Dist(rank, world, local, dev)
+
+
+def restart_store(rank: int, world: int, timeout: timedelta):
+    """Under a single torchrun agent that shares its store with the workers (torch's default), that store
+    with a prefix for this restart of the worker group; otherwise None (torchrun's ``env://`` as usual).
+
+    The agent keeps one store across ``--max-restarts`` restarts, and the process group's keys (each rank's
+    address) are not scoped by restart: a restarted rank could read the address of a rank of the previous
+    attempt and fail to connect (seen with gloo: "connectFullMesh failed ... Connection refused"), which
+    uses up the restarts. One agent counts restarts consistently for all its workers, so the prefix is
+    safe there; across nodes each agent counts its own (docs/running-at-scale.md: set
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``).
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or env.get("GROUP_WORLD_SIZE") != "1":
+        return None
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    client = tdist.TCPStore(
+        env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False, timeout=timeout
+    )
+    return tdist.PrefixStore(f"nastk/attempt_{attempt}", client)
 
 
 def per_rank_batch(global_batch: int, world: int, field: str) -> int:
@@ -110,6 +138,24 @@ def any_flag(flag: bool, dist: Dist) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=dist.device)
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def any_flags(flags: list[bool], dist: Dist) -> list[bool]:
+    """Each flag True on every rank if it is True on any rank: one all-reduce for all of them."""
+    if not dist.enabled:
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=dist.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return [bool(v > 0) for v in t.tolist()]
+
+
+def from_main(value, dist: Dist):
+    """Rank 0's ``value`` (picklable) on every rank, e.g. a decision made from what rank 0 sees on disk."""
+    if not dist.enabled:
+        return value
+    box = [value if dist.is_main else None]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather(items: list, dist: Dist) -> list:

@@ -2,8 +2,10 @@
 
 Both commands do the same around their steps: refuse to overwrite or to resume nothing, preprocess on
 rank 0 while the others wait, resume from a checkpoint made with the same spec, checkpoint every
-``checkpoint_every`` iterations and at the end, stop every rank together on a non-finite loss, and log
-a row every ``log_every`` iterations. What differs (the step and its schedule) is a :class:`Step`.
+``checkpoint_every`` iterations, every ``checkpoint_minutes`` of wall-clock time (rank 0's clock) and at
+the end, stop every rank together on a non-finite loss or on SIGTERM/SIGUSR1 (after a checkpoint, see
+:mod:`nastk.engine.stop`), and log a row every ``log_every`` iterations. What differs (the step and its
+schedule) is a :class:`Step`.
 
 Every log row gets two wall-clock columns, ``time`` (seconds since the run started, continued across
 ``--resume`` from the last logged time) and ``s_per_it`` (seconds per iteration since the previous row,
@@ -13,7 +15,7 @@ validation included), and goes to the run's tracker as well as to the CSV.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,8 +26,10 @@ from nastk import checkpoint as ckpt
 from nastk.data.preprocess import preprocess
 from nastk.engine import distributed as dd
 from nastk.engine.common import CsvLog, TrainingError
-from nastk.errors import NastkError
+from nastk.engine.stop import StopRequests
+from nastk.errors import NastkError, Preempted
 from nastk.io import remove_stale_temps
+from nastk.logs import record
 from nastk.progress import Reporter
 from nastk.spec import Spec
 from nastk.threads import thread_governor
@@ -43,6 +47,14 @@ def guard_run(folders: list[Path], refusals: list[tuple[bool, str]], dist: dd.Di
             raise NastkError(message)
 
 
+def resuming(opts, ckpt_path: Path, dist: dd.Dist) -> bool:
+    """Whether a run continues from ``ckpt_path``: always with ``--resume`` (which refuses a missing one),
+    with ``--auto-resume`` when it exists. Rank 0 looks, every rank gets its answer."""
+    if not opts.auto_resume:
+        return opts.resume
+    return bool(dd.from_main(ckpt_path.is_file(), dist))
+
+
 def prepared_cache(spec: Spec, dist: dd.Dist, quiet: bool):
     """Rank 0 preprocesses (cached), the others wait and then find it done."""
     if dist.is_main:
@@ -51,6 +63,13 @@ def prepared_cache(spec: Spec, dist: dd.Dist, quiet: bool):
     if not dist.is_main:
         cache = preprocess(spec.dataset, seed=spec.seed, quiet=True)
     return cache
+
+
+def batches(loader) -> Iterator:
+    """``iter(loader)`` without a draw from the global RNG (a DataLoader's iterator draws its base seed
+    there), so that a resumed run's RNG, restored before, goes on as the uninterrupted run's did."""
+    with torch.random.fork_rng(devices=[]):
+        return iter(loader)
 
 
 def resume_state(path: Path, spec: Spec, parts: dict[str, Any], extra: tuple[str, ...], total: int):
@@ -154,10 +173,16 @@ class Loop:
     reporter: Reporter
     after_step: list[Callable[[int], None]] = field(default_factory=list)  # e.g. validation
     tracker: Tracker = field(default_factory=NullTracker)  # rank 0's rows also go here
+    dist: dd.Dist | None = None  # None: one process
+    stop: StopRequests | None = None  # SIGTERM/SIGUSR1 received: checkpoint and raise Preempted
+    checkpoint_minutes: float | None = None  # also checkpoint when this much time passed since the last
+    checkpoint_path: Path | None = None  # named in the message of a stop
+    clock: Callable[[], float] = time.monotonic
 
     def run(self, step: Step) -> None:
         clock = RunClock(logged_time(self.log), self.start)
         governor = thread_governor()  # None when the user fixed the thread count, or --deterministic
+        last_checkpoint = self.clock()
         try:
             for it in range(self.start, self.total):
                 line = is_due(it, self.log_every, self.total)
@@ -171,9 +196,39 @@ class Loop:
                     hook(it)
                 if governor is not None:
                     governor.tick()
-                if is_due(it, self.checkpoint_every, self.total):
+                stop, timed = self._agreed_stop_and_time(last_checkpoint)
+                if is_due(it, self.checkpoint_every, self.total) or timed or stop:
                     self.checkpoint(it + 1)
+                    last_checkpoint = self.clock()
+                if stop and it + 1 < self.total:
+                    self._stopped(it + 1)
             if self.start >= self.total:  # a finished run resumed: its last checkpoint is written again
                 self.checkpoint(self.total)
         finally:
             self.reporter.close()
+
+    def _agreed_stop_and_time(self, last_checkpoint: float) -> tuple[bool, bool]:
+        """(stop now, a checkpoint is due by time), the same on every rank: a signal on any rank stops all,
+        and rank 0's clock alone decides the time (one all-reduce of two flags per iteration)."""
+        dist = self.dist
+        main = dist is None or dist.is_main
+        timed = (
+            main
+            and self.checkpoint_minutes is not None
+            and self.clock() - last_checkpoint >= 60.0 * self.checkpoint_minutes
+        )
+        stop = self.stop is not None and self.stop.requested
+        if dist is None:
+            return stop, timed
+        stop, timed = dd.any_flags([stop, timed], dist)
+        return stop, timed
+
+    def _stopped(self, iteration: int) -> None:
+        name = self.stop.name if self.stop is not None and self.stop.requested else "a signal on another rank"
+        where = f" ({self.checkpoint_path})" if self.checkpoint_path is not None else ""
+        message = (
+            f"stopped by {name} after iteration {iteration} of {self.total}; checkpoint written{where}; "
+            "run the same command with --auto-resume to continue"
+        )
+        record(message)
+        raise Preempted(message)

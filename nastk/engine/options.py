@@ -9,7 +9,8 @@ from pathlib import Path
 @dataclass(frozen=True)
 class RunOptions:
     out: Path
-    resume: bool = False
+    resume: bool = False  # continue from the checkpoint; refuse when there is none
+    auto_resume: bool = False  # continue from the checkpoint when there is one, else start fresh
     quiet: bool = False
     device: str | None = None  # "cpu" | "cuda" | None (whatever is available)
     amp: str = "off"  # "off" | "bf16" | "fp16"

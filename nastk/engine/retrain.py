@@ -43,6 +43,7 @@ from nastk.engine.common import (
 from nastk.engine.loop import (
     Loop,
     StepResult,
+    batches,
     guard_run,
     is_due,
     memory_columns,
@@ -53,7 +54,8 @@ from nastk.engine.loop import (
 )
 from nastk.engine.options import RunOptions
 from nastk.engine.schedule import lr_lambda
-from nastk.errors import DataError, NastkError
+from nastk.engine.stop import StopRequests, stop_requests
+from nastk.errors import DataError, NastkError, Preempted
 from nastk.inference.predict import window_probabilities
 from nastk.inference.sliding_window import sliding_window_predict
 from nastk.inference.writer import write_label
@@ -159,8 +161,13 @@ def run_retrain(spec: Spec, arch_path: Path, fold: str, opts: RunOptions) -> lis
         with (
             run_lock(opts.out) if dist.is_main else contextlib.nullcontext(),
             run_log(opts.quiet, dist.is_main),
+            stop_requests() as stop,
         ):
-            outs = [_retrain_fold(spec, space, arch, k, opts, dist, arch_path) for k in folds]
+            outs = []
+            for i, k in enumerate(folds):
+                outs.append(_retrain_fold(spec, space, arch, k, opts, dist, arch_path, stop))
+                if i + 1 < len(folds):
+                    _stop_between_folds(stop, k, dist)
             if dist.is_main:
                 info = read_dataset(spec.dataset.root, spec.dataset.format)
                 references = {c.id: c.label for c in info.training}
@@ -171,21 +178,44 @@ def run_retrain(spec: Spec, arch_path: Path, fold: str, opts: RunOptions) -> lis
         dd.teardown(dist)
 
 
+def _stop_between_folds(stop: StopRequests, fold: int, dist: dd.Dist) -> None:
+    """A stop signal received during a fold's last steps (its final model, its out-of-fold predictions)
+    stops the run before the next fold, on every rank."""
+    if dd.any_flag(stop.requested, dist):
+        name = stop.name if stop.requested else "a signal on another rank"
+        message = (
+            f"stopped by {name} after fold {fold} (trained, with its out-of-fold predictions); run the same "
+            "command with --auto-resume to continue with the next fold"
+        )
+        record(message)
+        raise Preempted(message)
+
+
 def _retrain_fold(
-    spec: Spec, space, arch, fold: int, opts: RunOptions, dist: dd.Dist, arch_path=None
+    spec: Spec,
+    space,
+    arch,
+    fold: int,
+    opts: RunOptions,
+    dist: dd.Dist,
+    arch_path=None,
+    stop: StopRequests | None = None,
 ) -> Path:
     r = spec.retrain
     run = Path(opts.out)
     out = run / "retrain" / f"fold_{fold}"
     ckpt_path, final = out / "checkpoint.pt", out / "model_final.pt"
+    resume = opts.resume or opts.auto_resume  # per fold: a fold with nothing yet starts
     refusals = [
         (
-            ckpt_path.exists() and not opts.resume and not final.exists(),
-            f"{ckpt_path}: a retrain already ran here; pass --resume to continue",
+            ckpt_path.exists() and not resume and not final.exists(),
+            f"{ckpt_path}: a retrain already ran here; pass --resume or --auto-resume to continue",
         ),
-        (final.exists() and not opts.resume, f"{final}: fold {fold} is already trained; use another --out"),
+        (final.exists() and not resume, f"{final}: fold {fold} is already trained; use another --out"),
     ]
     guard_run([run, out], refusals, dist)
+    if opts.auto_resume and dist.is_main and not ckpt_path.exists() and not final.exists():
+        logger.info(f"--auto-resume: no checkpoint in {out}, starting fold {fold} anew")
     seed_everything(spec.seed + fold, opts.deterministic)
     batch = dd.per_rank_batch(spec.search.batch_size * r.batch_multiplier, dist.world_size, "retrain batch")
     cache = prepared_cache(spec, dist, opts.quiet)
@@ -203,17 +233,18 @@ def _retrain_fold(
     total = r.warmup_iters + r.iters
     info = read_dataset(spec.dataset.root, spec.dataset.format)
     oof = OutOfFold(run, fold, {c.id: c.images[0] for c in info.training})
-    if opts.resume and final.exists():  # trained: only out-of-fold predictions may be missing
+    if resume and final.exists():  # trained: only out-of-fold predictions may be missing
         ckpt.restore(final, _final_state(final, spec), {"model": parts.net})
         if dist.is_main:
             _copy_into_run(cache.root, run)
             record_retrain_spec(run, fold, spec)
             provenance.write_record(run, made_from)
             start_log_file(run)
+            record(f"retrain fold {fold} is already trained ({final}); only missing out-of-fold predictions")
         _finish_out_of_fold(parts.net, cache.root, split["val"], spec, dist, opts, oof)
         return out
     start, best = 0, -1.0
-    if opts.resume and ckpt_path.exists():
+    if resume and ckpt_path.exists():
         state, start = resume_state(ckpt_path, spec, parts.state(), ("best",), total)
         best = ckpt.number(ckpt_path, state, "best")
     if dist.is_main:  # predict and cross-validation need these, even where the training data is not at hand
@@ -230,10 +261,10 @@ def _retrain_fold(
         return out
     step = RetrainStep(spec, opts, dist, parts, aug, fold, best)
     workers = opts.workers if opts.workers is not None else spec.dataset.num_workers
-    step.loader = iter(
+    step.loader = batches(
         make_loader(ds, batch, start * batch, (total - start) * batch, workers, dist.rank, dist.world_size)
     )
-    _train_fold(spec, opts, dist, step, (start, total), arch, (cache.root, split["val"], oof))
+    _train_fold(spec, opts, dist, step, (start, total), arch, (cache.root, split["val"], oof), stop)
     return out
 
 
@@ -242,14 +273,14 @@ def retrain_log_every(spec: Spec) -> int:
     return spec.retrain.log_every if spec.retrain.log_every is not None else spec.search.log_every
 
 
-def _train_fold(spec: Spec, opts: RunOptions, dist: dd.Dist, step, span, arch, validation) -> None:
+def _train_fold(spec: Spec, opts: RunOptions, dist: dd.Dist, step, span, arch, validation, stop=None) -> None:
     """Iterations ``span`` of one fold with validation every ``retrain.val_every``, then the final model."""
     (start, total), (cache_root, val_cases, oof) = span, validation
     out = Path(opts.out) / "retrain" / f"fold_{step.fold}"
     log = val_log = None
     if dist.is_main:
         make_dir(out)
-        resumed = start - 1 if opts.resume else None
+        resumed = start - 1 if opts.resume or opts.auto_resume else None
         log = CsvLog(out / "log.csv", resume_from=resumed)
         val_log = CsvLog(out / "val_metrics.csv", resume_from=resumed)
 
@@ -283,6 +314,8 @@ def _train_fold(spec: Spec, opts: RunOptions, dist: dd.Dist, step, span, arch, v
             start, total, every, spec.retrain.checkpoint_every, checkpoint, log, reporter, tracker=tracker
         )
         loop.after_step.append(validate_if_due)
+        loop.dist, loop.stop, loop.checkpoint_path = dist, stop, out / "checkpoint.pt"
+        loop.checkpoint_minutes = spec.retrain.checkpoint_minutes
         loop.run(step)
     if dist.is_main:
         final = out / "model_final.pt"

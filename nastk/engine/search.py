@@ -42,15 +42,18 @@ from nastk.engine.common import (
 from nastk.engine.loop import (
     Loop,
     StepResult,
+    batches,
     guard_run,
     memory_columns,
     prepared_cache,
     resume_state,
+    resuming,
     save_checkpoint,
     stop_if_not_finite,
 )
 from nastk.engine.options import RunOptions
 from nastk.engine.schedule import lr_lambda
+from nastk.engine.stop import StopRequests, stop_requests
 from nastk.errors import DataError
 from nastk.io import atomic_write_bytes, make_dir
 from nastk.lock import run_lock
@@ -114,27 +117,32 @@ def run_search(spec: Spec, opts: RunOptions) -> Path:
         with (
             run_lock(opts.out) if dist.is_main else contextlib.nullcontext(),
             run_log(opts.quiet, dist.is_main),
+            stop_requests() as stop,
         ):
-            run = _search(spec, opts, dist)
+            run = _search(spec, opts, dist, stop)
             dd.leave_together(dist)
             return run
     finally:
         dd.teardown(dist)
 
 
-def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
+def _search(spec: Spec, opts: RunOptions, dist: dd.Dist, stop: StopRequests | None = None) -> Path:
     s = spec.search
     run = Path(opts.out)
     out = run / "search"
     ckpt_path = out / "checkpoint.pt"
+    resume = resuming(opts, ckpt_path, dist)
     refusals = [
         (
-            ckpt_path.exists() and not opts.resume,
-            f"{ckpt_path}: a search already ran here; pass --resume to continue or use another --out",
+            ckpt_path.exists() and not resume,
+            f"{ckpt_path}: a search already ran here; pass --resume or --auto-resume to continue, or use "
+            "another --out",
         ),
-        (opts.resume and not ckpt_path.exists(), f"{ckpt_path}: nothing to resume (no checkpoint)"),
+        (resume and not ckpt_path.exists(), f"{ckpt_path}: nothing to resume (no checkpoint)"),
     ]
     guard_run([run, out], refusals, dist)
+    if opts.auto_resume and not resume:
+        logger.info(f"--auto-resume: no checkpoint in {out}, starting a new search")
     seed_everything(spec.seed, opts.deterministic)
     batch = dd.per_rank_batch(s.batch_size, dist.world_size, "search.batch_size")
     ds1, ds2 = _search_datasets(spec, prepared_cache(spec, dist, opts.quiet))
@@ -142,7 +150,14 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
     parts = _search_parts(spec, opts, dist)
     net = parts.net
     total = total_iterations(s)
-    start = resume_state(ckpt_path, spec, parts.state(), (), total)[1] if opts.resume else 0
+    start = resume_state(ckpt_path, spec, parts.state(), (), total)[1] if resume else 0
+    if opts.auto_resume and start >= total and dd.from_main((run / "arch.json").is_file(), dist):
+        if dist.is_main:
+            start_log_file(run)
+        logger.info(
+            f"--auto-resume: the search in {out} is finished (iteration {start} of {total}); nothing to do"
+        )
+        return run
     step = SearchStep(spec, opts, dist, parts, aug)
     log = None
     if dist.is_main:
@@ -150,12 +165,12 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
         record_search_spec(run, spec)
         start_log_file(run)
         record(f"search {'resumed' if start else 'started'} at iteration {start} of {total} in {out}")
-        log = CsvLog(out / "log.csv", resume_from=start - 1 if opts.resume else None)
+        log = CsvLog(out / "log.csv", resume_from=start - 1 if resume else None)
     workers = opts.workers if opts.workers is not None else spec.dataset.num_workers
 
     def loader(ds, first_sample):
         remaining = (total - start) * batch
-        return iter(make_loader(ds, batch, first_sample, remaining, workers, dist.rank, dist.world_size))
+        return batches(make_loader(ds, batch, first_sample, remaining, workers, dist.rank, dist.world_size))
 
     step.it1 = loader(ds1, start * batch)
     step.it2 = loader(ds2, max(0, start - step.joint_start) * batch)
@@ -171,6 +186,8 @@ def _search(spec: Spec, opts: RunOptions, dist: dd.Dist) -> Path:
         torch.cuda.reset_peak_memory_stats(dist.device)
     with tracking(opts.logger, run, "search", out, spec.name, dist.is_main) as tracker:
         loop = Loop(start, total, s.log_every, s.checkpoint_every, checkpoint, log, reporter, tracker=tracker)
+        loop.dist, loop.stop, loop.checkpoint_path = dist, stop, ckpt_path
+        loop.checkpoint_minutes = s.checkpoint_minutes
         loop.run(step)
         if dist.is_main:
             _decode_and_track(spec, run, opts, tracker, total)
