@@ -130,7 +130,20 @@ def _plan_settings(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k not in ("plan.dataset", "plan.content")}
 
 
-def fold_record(fold: int, spec, arch, arch_path: Path, plan_text: str, splits_text: str) -> dict[str, Any]:
+def _shown_path(path: Path, run: Path | None) -> str:
+    """``path`` relative to the run folder when it is inside it, so that a run copied or moved elsewhere
+    (or made twice in two folders) records the same thing."""
+    if run is not None:
+        try:
+            return str(Path(path).resolve().relative_to(Path(run).resolve()))
+        except ValueError:
+            pass
+    return str(path)
+
+
+def fold_record(
+    fold: int, spec, arch, arch_path: Path, plan_text: str, splits_text: str, run: Path | None = None
+) -> dict[str, Any]:
     """What fold ``fold`` is made from (see the module docstring)."""
     settings = model_settings(spec)
     try:
@@ -142,7 +155,7 @@ def fold_record(fold: int, spec, arch, arch_path: Path, plan_text: str, splits_t
         "fold": fold,
         "spec": text_hash(json.dumps(settings, sort_keys=True)),
         "arch": arch_hash(arch),
-        "arch_file": str(arch_path),
+        "arch_file": _shown_path(arch_path, run),
         "plan": text_hash(plan_text),
         "splits": text_hash(splits_text),
         "dataset": content,

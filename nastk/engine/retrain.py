@@ -222,7 +222,7 @@ def _retrain_fold(
     made_from = None
     if dist.is_main:  # before anything in the run is replaced: folds are made alike or not at all
         plan_text, splits_text = ((cache.root / n).read_text() for n in ("plan.json", SPLITS_FILE))
-        made_from = provenance.fold_record(fold, spec, arch, arch_path, plan_text, splits_text)
+        made_from = provenance.fold_record(fold, spec, arch, arch_path, plan_text, splits_text, run)
         provenance.check_fold_joins(run, made_from)
     split = cache.splits()[fold]
     ds = PatchDataset(
