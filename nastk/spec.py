@@ -82,7 +82,8 @@ class DatasetSpec(_Section):
         "the nonzero region, 0 outside), zscore_nonzero_keep (the same statistics, the outside keeps its "
         "value), zscore (all voxels), or auto: chosen from the data by nastk plan's rule (CT: ct; else 0 "
         "outside only where every case has a zero outside and the foreground is a small part of the "
-        "nonzero region, otherwise the outside keeps its value; docs/planning.md). `nastk validate` "
+        "nonzero region; zscore where no case has one; else zscore_nonzero_keep; docs/planning.md). "
+        "`nastk validate` "
         "prints what auto resolves to. One value for every channel, or a list with one per channel.",
     )
     auto_normalization: AutoNormalization = Field(

@@ -13,6 +13,7 @@ import pytest
 from nastk.data.dataset import read_dataset
 from nastk.data.normalize import (
     OUTSIDE_KEPT,
+    WHOLE_IMAGE,
     Background,
     auto_scheme,
     background,
@@ -40,8 +41,11 @@ def _brute_force_scheme(modality, zero_shares, fg_shares, stripped_share, fg_lim
     if modality.upper() == "CT":
         return "ct"
     every_case_stripped = all(z >= stripped_share for z in zero_shares)
+    no_case_stripped = all(z < stripped_share for z in zero_shares)
     foreground_small = all(f <= fg_limit for f in fg_shares)
-    return "zscore_nonzero" if every_case_stripped and foreground_small else OUTSIDE_KEPT
+    if every_case_stripped and foreground_small:
+        return "zscore_nonzero"
+    return WHOLE_IMAGE if no_case_stripped else OUTSIDE_KEPT
 
 
 def test_auto_rule_matches_its_statement_on_every_small_dataset():
@@ -66,7 +70,7 @@ def test_auto_rule_names_each_situation():
     scheme, why = auto_scheme("MRI", _bg([0.8, 0.85], [0.05, 0.1]), 0.5)  # BraTS-like: every case stripped
     assert scheme == "zscore_nonzero" and "every case has a zero outside" in why
     scheme, why = auto_scheme("MRI", _bg([0.0, 0.0], [0.15, 0.2]), 0.5)  # noisy backgrounds only
-    assert scheme == OUTSIDE_KEPT and "stripped at test time" in why
+    assert scheme == WHOLE_IMAGE and "stripped at test time" in why
     scheme, why = auto_scheme("MRI", _bg([0.8, 0.0], [0.9, 0.2]), 0.5)  # the cases disagree
     assert scheme == OUTSIDE_KEPT and "disagree" in why
     scheme, why = auto_scheme("MRI", _bg([0.8, 0.78], [0.92, 0.9]), 0.5)  # a template: label = nonzero
@@ -77,8 +81,8 @@ def test_each_threshold_turns_the_decision():
     every_case_30_percent_zeros = [0.3, 0.3, 0.3]
     small = [0.1, 0.1, 0.1]
     assert auto_scheme("MRI", _bg(every_case_30_percent_zeros, small, 0.1), 0.5)[0] == "zscore_nonzero"
-    # a stricter idea of "stripped": no case counts as stripped, so the outside is kept
-    assert auto_scheme("MRI", _bg(every_case_30_percent_zeros, small, 0.5), 0.5)[0] == OUTSIDE_KEPT
+    # a stricter idea of "stripped": no case counts as stripped, so the whole image's statistics
+    assert auto_scheme("MRI", _bg(every_case_30_percent_zeros, small, 0.5), 0.5)[0] == WHOLE_IMAGE
     half_foreground = [0.6, 0.55, 0.4]
     assert auto_scheme("MRI", _bg([0.8] * 3, half_foreground), 0.5)[0] == OUTSIDE_KEPT
     assert auto_scheme("MRI", _bg([0.8] * 3, half_foreground), 0.7)[0] == "zscore_nonzero"
@@ -88,7 +92,7 @@ def test_plan_rule_is_auto_per_channel():
     schemes, why = rules.normalization(
         ["MRI", "CT", "T2"], [[0.8, 0.9], [0.0, 0.0], [0.0, 0.0]], [0.1, 0.2], 0.1, 0.5
     )
-    assert schemes == ["zscore_nonzero", "ct", OUTSIDE_KEPT]
+    assert schemes == ["zscore_nonzero", "ct", WHOLE_IMAGE]
     assert why.count("channel ") == 3
 
 
@@ -185,7 +189,7 @@ def test_zero_outside_gives_a_stripped_heads_outside_the_brains_intensity(extrac
     assert abs(outside.mean() - brain.mean()) < 0.05 * brain.std()  # no edge left
     plan, image, label, _ = _normalised_test_case(extraction, tmp_path / "b", "brain_100")
     brain, outside = image[label == 1], image[label == 0]
-    assert plan.normalization == (OUTSIDE_KEPT,)  # auto, from the training heads' noisy backgrounds
+    assert plan.normalization == (WHOLE_IMAGE,)  # auto, from the training heads' noisy backgrounds
     assert brain.mean() - outside.mean() > 3 * brain.std()  # the outside far below the brain
 
 
@@ -197,9 +201,9 @@ def test_auto_default_and_its_thresholds_on_two_datasets(extraction, tmp_path):
     strict = {"auto_normalization": {"stripped_share": 0.9}}  # then no body case counts as stripped
     assert preprocess(
         _dataset_spec(body, tmp_path / "b2", **strict).dataset, quiet=True
-    ).plan.normalization == (OUTSIDE_KEPT,)
+    ).plan.normalization == (WHOLE_IMAGE,)
     ext = preprocess(_dataset_spec(extraction, tmp_path / "e1").dataset, quiet=True)
-    assert ext.plan.normalization == (OUTSIDE_KEPT,)
+    assert ext.plan.normalization == (WHOLE_IMAGE,)
     saved = json.loads((ext.root / "plan.json").read_text())
     assert (
         saved["normalization_why"][0].startswith("auto: ")
@@ -207,9 +211,9 @@ def test_auto_default_and_its_thresholds_on_two_datasets(extraction, tmp_path):
     )
     assert saved["background"][0]["stripped_cases"] == 0 and saved["background"][0]["cases"] == 4
     explicit = preprocess(
-        _dataset_spec(extraction, tmp_path / "e2", normalization=["zscore"]).dataset, quiet=True
+        _dataset_spec(extraction, tmp_path / "e2", normalization=["zscore_nonzero_keep"]).dataset, quiet=True
     )
-    assert explicit.plan.normalization == ("zscore",)
+    assert explicit.plan.normalization == ("zscore_nonzero_keep",)
     assert json.loads((explicit.root / "plan.json").read_text())["normalization_why"] == ["set in the spec"]
     assert explicit.root != ext.root  # a different scheme is a different cache
 
@@ -243,7 +247,7 @@ def test_validate_prints_what_auto_resolves_to(extraction, tmp_path, capfd):
     )
     code, out, _ = cli_in_process(capfd, "validate", path)
     assert code == 0
-    assert f"# dataset.normalization: auto resolves to ['{OUTSIDE_KEPT}']" in out
+    assert f"# dataset.normalization: auto resolves to ['{WHOLE_IMAGE}']" in out
     assert "stripped at test time" in out
     code, out, _ = cli_in_process(capfd, "validate", path, "--set", "dataset.normalization=[zscore]")
     assert code == 0 and "resolves to" not in out
@@ -378,7 +382,7 @@ def test_export_records_the_scheme_and_why(trained_both_ways):
     _, runs, _ = trained_both_ways
     spec, run = runs["auto"]
     entry = inference_description(spec, run, [0], "torchscript", "final")["preprocessing"]["normalization"][0]
-    assert entry["scheme"] == OUTSIDE_KEPT and entry["pad"] == "-mean / std"
+    assert entry["scheme"] == WHOLE_IMAGE and entry["pad"] == "-mean / std"
     assert entry["chosen"].startswith("auto: ") and "stripped at test time" in entry["chosen"]
     assert entry["training_background"]["stripped_cases"] == 0
     assert entry["training_background"]["cases"] == 6

@@ -19,10 +19,13 @@ STAT_SAMPLES = 10_000  # foreground intensities per case for CT statistics
 
 
 SCHEMES = ("ct", "zscore_nonzero", "zscore_nonzero_keep", "zscore")
-# What ``auto`` gives a non-CT channel whose outside must stay distinguishable from tissue: the
-# nonzero region's statistics, the outside keeping the z-score of intensity 0 (the ablation in
-# docs/planning.md, "Normalisation").
+# What ``auto`` gives a non-CT channel whose outside must stay distinguishable from tissue (the ablation in
+# docs/planning.md, "Normalisation"): where some training case has a zero outside, the nonzero region's
+# statistics with the outside keeping the z-score of intensity 0; where none has, the whole image's
+# statistics, which training cannot tell from the others (its nonzero region is the whole image) and which
+# keep a case stripped at test time on a scale closer to training's.
 OUTSIDE_KEPT = "zscore_nonzero_keep"
+WHOLE_IMAGE = "zscore"
 # The rule's thresholds, also spec fields (dataset.auto_normalization) and nastk plan's defaults.
 STRIPPED_SHARE = 0.1  # a case exactly 0 over at least this share of its image has a stripped outside
 FOREGROUND_SHARE = 0.5  # "0 outside" only while the foreground is at most this share of the nonzero region
@@ -85,12 +88,16 @@ def auto_scheme(modality: str, bg: Background, foreground_share: float) -> tuple
     the foreground's edge), as in BraTS. Everywhere else zeroing the outside can give it a tissue's
     intensity: the z-score of a region that is mostly one tissue is that tissue's mean, which is 0. A
     brain template (exactly 0 outside the brain) normalised so has no edge between brain and outside.
-    There the outside keeps the z-score of intensity 0 (``OUTSIDE_KEPT``), far below every tissue:
+    There the outside keeps its own value:
 
-    * no training case has a stripped outside: training is the same under both schemes (the nonzero
-      region is the whole image), but a case stripped at test time would lose its edge;
-    * the cases disagree: the stripped ones would see an outside the others never show;
-    * every case is stripped, but the foreground fills the nonzero region: its edge is the outside's.
+    * no training case has a stripped outside: the whole image's statistics (``zscore``). Training is the
+      same under every scheme (the nonzero region is the whole image); a case stripped at test time keeps
+      a dark outside and tissue on a scale near training's (on the two synthetic tasks with such heads it
+      beat ``zscore_nonzero_keep`` in every seed and "0 outside" on the brain);
+    * the cases disagree: the nonzero region's statistics, the outside at the z-score of intensity 0
+      (``zscore_nonzero_keep``), as the stripped ones would otherwise see an outside the others never show;
+    * every case is stripped, but the foreground fills the nonzero region: its edge is the outside's
+      (``zscore_nonzero_keep``).
     """
     if is_ct(modality):
         return "ct", "CT: clipped to the foreground's 0.5-99.5 percentiles, z-scored with its mean and std"
@@ -105,8 +112,11 @@ def auto_scheme(modality: str, bg: Background, foreground_share: float) -> tuple
             f"the foreground is a small part of the nonzero region ({seen})"
         )
     if bg.stripped_cases == 0:
-        reason = "no training case has a zero outside, so a case stripped at test time would lose its edge"
-    elif bg.stripped_cases < bg.cases:
+        return WHOLE_IMAGE, (
+            f"z-score over the whole image: no training case has a zero outside, so training is the same as "
+            f"under the paper's scheme, and a case stripped at test time keeps a dark outside ({seen})"
+        )
+    if bg.stripped_cases < bg.cases:
         reason = "the cases disagree about a zero outside"
     else:
         reason = (
