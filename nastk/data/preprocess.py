@@ -6,7 +6,9 @@ labels), crop to the nonzero region of the image, and normalise intensities per 
 
 * CT: clip to the 0.5-99.5 percentiles of the dataset's foreground voxels, then z-score with the
   dataset's foreground mean and standard deviation;
-* anything else (MRI): z-score each case over its nonzero voxels, zero outside them.
+* anything else (MRI): z-score each case, over its nonzero voxels with zero outside them (the paper's), over
+  every voxel, or over its nonzero voxels with the outside keeping its value; ``auto`` (the default)
+  chooses from the dataset's fingerprint (:func:`nastk.data.normalize.auto_scheme`).
 
 The cache lives in ``<cache_dir>/<hash of the settings>/``, so a changed setting never reuses a
 stale cache. Each case is ``<id>_image.npy`` [C, X, Y, Z] float32, ``<id>_label.npy`` [X, Y, Z]
