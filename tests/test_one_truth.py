@@ -202,27 +202,19 @@ def test_retraining_a_fold_with_other_settings_into_a_run_is_refused(retrained, 
         ("seed=1", "seed 0 vs 1"),
         ("dataset.spacing=[1.5,1.5,1.5]", "dataset.spacing"),
     ):
-        code, out, err = cli_in_process(
-            capfd,
-            "retrain",
-            run / "spec.yaml",
-            "--arch",
-            run / "arch.json",
-            "--fold",
-            "1",
-            "--out",
-            run,
-            "--quiet",
-            "--set",
-            setting,
-            "--set",
-            cache,
-        )
+        code, out, err = _retrain_fold_1_into(capfd, run, setting, cache)
         assert code == 2, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
         assert "fold_0/provenance.json" in err and "fold_1" in err and needle in err, err
         assert {name: (run / name).read_text() for name in kept} == kept  # nothing replaced
         assert not (run / "retrain" / "fold_1" / "provenance.json").exists()
+
+
+def _retrain_fold_1_into(capfd, run, *settings):
+    """``nastk retrain RUN/spec.yaml --arch RUN/arch.json --fold 1 --out RUN`` with ``--set`` each setting."""
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    args = ("retrain", run / "spec.yaml", "--arch", run / "arch.json", "--fold", "1", "--out", run, "--quiet")
+    return cli_in_process(capfd, *args, *sets)
 
 
 def test_a_run_from_before_provenance_records_is_still_protected(retrained, tmp_path, capfd):
@@ -232,22 +224,7 @@ def test_a_run_from_before_provenance_records_is_still_protected(retrained, tmp_
     shutil.rmtree(run / "retrain" / "fold_1")
     (run / "retrain" / "fold_0" / "provenance.json").unlink()
     kept = (run / "splits.json").read_text()
-    code, _, err = cli_in_process(
-        capfd,
-        "retrain",
-        run / "spec.yaml",
-        "--arch",
-        run / "arch.json",
-        "--fold",
-        "1",
-        "--out",
-        run,
-        "--quiet",
-        "--set",
-        "seed=1",
-        "--set",
-        f"dataset.cache_dir={tmp_path / 'cache'}",
-    )
+    code, _, err = _retrain_fold_1_into(capfd, run, "seed=1", f"dataset.cache_dir={tmp_path / 'cache'}")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert str(run / "splits.json") in err and "fold 0" in err and "fold_1" in err
     assert (run / "splits.json").read_text() == kept
