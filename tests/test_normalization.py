@@ -18,9 +18,8 @@ from nastk.data.normalize import (
     auto_scheme,
     background,
     background_mismatch,
-    resolve_normalization,
 )
-from nastk.data.preprocess import preprocess, process_case
+from nastk.data.preprocess import preprocess, process_case, resolve_normalization
 from nastk.data.synthetic import write_extraction_task, write_synthetic_task
 from nastk.errors import DataError
 from nastk.plan import rules

@@ -34,7 +34,8 @@ def _normalization_lines(resolved) -> list[str]:
     """What ``auto`` normalisation resolves to for the spec's dataset, and why (comment lines, so the
     output stays a valid spec); where the dataset cannot be read here, when it will be resolved."""
     from nastk.data.dataset import read_dataset
-    from nastk.data.normalize import requested_schemes, resolve_normalization
+    from nastk.data.normalize import requested_schemes
+    from nastk.data.preprocess import resolve_normalization
     from nastk.errors import NastkError
 
     ds = resolved.dataset

@@ -126,16 +126,6 @@ def auto_scheme(modality: str, bg: Background, foreground_share: float) -> tuple
     return OUTSIDE_KEPT, f"z-score over the nonzero region, the outside keeps its value: {reason} ({seen})"
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """``dataset.normalization`` resolved for a dataset: per channel the scheme, why, and the training
-    cases' background (what ``predict`` compares a new case with)."""
-
-    schemes: tuple[str, ...]
-    why: tuple[str, ...]
-    backgrounds: tuple[Background, ...]
-
-
 def requested_schemes(dataset_spec, num_channels: int, where) -> list[str]:
     """``dataset.normalization`` per channel ("auto" where the rule decides)."""
     requested = dataset_spec.normalization
@@ -144,38 +134,6 @@ def requested_schemes(dataset_spec, num_channels: int, where) -> list[str]:
     if len(requested) != num_channels:
         raise DataError(f"{where}: {num_channels} channels, but dataset.normalization names {len(requested)}")
     return list(requested)
-
-
-def resolve_normalization(dataset_spec, info: DatasetInfo, workers: int = 0, quiet: bool = True) -> Resolved:
-    """Per channel: the spec's scheme, or for ``auto`` the rule's (:func:`auto_scheme`) from the
-    dataset's fingerprint (read once and cached next to the preprocessing cache)."""
-    from nastk.data.fingerprint import (
-        compute_fingerprint,
-    )  # the fingerprint reads cases as preprocessing does
-
-    requested = requested_schemes(dataset_spec, info.num_channels, info.root / "dataset.json")
-    rule = dataset_spec.auto_normalization
-    fp = compute_fingerprint(
-        info.root,
-        info.format,
-        dataset_spec.cache_dir,
-        workers=workers,
-        quiet=quiet,
-        plannable=False,
-    )
-    fg_shares = [c.foreground_share_of_nonzero for c in fp.cases]
-    schemes, why, backgrounds = [], [], []
-    for c, asked in enumerate(requested):
-        bg = background(c, [case.zero_share[c] for case in fp.cases], fg_shares, rule.stripped_share)
-        backgrounds.append(bg)
-        if asked == "auto":
-            scheme, reason = auto_scheme(info.modalities[c], bg, rule.foreground_share)
-            schemes.append(scheme)
-            why.append(f"auto: {reason}")
-        else:
-            schemes.append(asked)
-            why.append("set in the spec")
-    return Resolved(tuple(schemes), tuple(why), tuple(backgrounds))
 
 
 def background_mismatch(zero_share: float, bg: Background) -> str | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from nastk.data.cache import load_case as load_case
 from nastk.data.cache import load_foreground as load_foreground
 from nastk.data.cache import load_plan as load_plan
 from nastk.data.cache import pad_value as pad_value
-from nastk.data.dataset import Case, read_dataset
+from nastk.data.dataset import Case, DatasetInfo, read_dataset
 from nastk.data.digest import (
     DIGESTS_FILE,
     case_sources,
@@ -48,12 +49,20 @@ from nastk.data.digest import (
     read_digests,
     save_digests,
 )
+from nastk.data.fingerprint import compute_fingerprint
 from nastk.data.geometry import _crop, resample
 from nastk.data.geometry import bounding_box as bounding_box
 from nastk.data.geometry import reorient as reorient
 from nastk.data.geometry import restore_geometry as restore_geometry
 from nastk.data.imageio import Geometry, check_headers, read_image, read_label, to_array
-from nastk.data.normalize import ct_statistics, normalize_with_pad, resolve_normalization
+from nastk.data.normalize import (
+    Background,
+    auto_scheme,
+    background,
+    ct_statistics,
+    normalize_with_pad,
+    requested_schemes,
+)
 from nastk.data.splits import make_splits as make_splits
 from nastk.data.splits import read_splits_file
 from nastk.data.splits import search_halves as search_halves
@@ -148,6 +157,45 @@ def _write_case(args) -> str:
 
 
 # --------------------------------------------------------------------------- the whole dataset
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """``dataset.normalization`` resolved for a dataset: per channel the scheme, why, and the training
+    cases' background (what ``predict`` compares a new case with)."""
+
+    schemes: tuple[str, ...]
+    why: tuple[str, ...]
+    backgrounds: tuple[Background, ...]
+
+
+def resolve_normalization(dataset_spec, info: DatasetInfo, workers: int = 0, quiet: bool = True) -> Resolved:
+    """Per channel: the spec's scheme, or for ``auto`` the rule's (:func:`auto_scheme`) from the
+    dataset's fingerprint (read once and cached next to the preprocessing cache)."""
+
+    requested = requested_schemes(dataset_spec, info.num_channels, info.root / "dataset.json")
+    rule = dataset_spec.auto_normalization
+    fp = compute_fingerprint(
+        info.root,
+        info.format,
+        dataset_spec.cache_dir,
+        workers=workers,
+        quiet=quiet,
+        plannable=False,
+    )
+    fg_shares = [c.foreground_share_of_nonzero for c in fp.cases]
+    schemes, why, backgrounds = [], [], []
+    for c, asked in enumerate(requested):
+        bg = background(c, [case.zero_share[c] for case in fp.cases], fg_shares, rule.stripped_share)
+        backgrounds.append(bg)
+        if asked == "auto":
+            scheme, reason = auto_scheme(info.modalities[c], bg, rule.foreground_share)
+            schemes.append(scheme)
+            why.append(f"auto: {reason}")
+        else:
+            schemes.append(asked)
+            why.append("set in the spec")
+    return Resolved(tuple(schemes), tuple(why), tuple(backgrounds))
 
 
 def _stale_statistics(plan_file: Path, content: str) -> bool:
