@@ -107,7 +107,21 @@ class Supernet(nn.Module):
         self.op_logits = nn.Parameter(torch.randn(n_layers, len(self.edges), len(ops)) * 0.01 + 1.0)
         self.edge_logits = nn.Parameter(torch.randn(n_layers, len(self.edges)) * 0.01)
         self._ops = ops
-        self.checkpoint_cells = False
+        # Names of the cells recomputed in backward (only their inputs are kept); see recompute.py.
+        self.recompute: frozenset[str] = frozenset()
+
+    @property
+    def checkpoint_cells(self) -> bool:
+        """True when every cell is recomputed in backward (``search.recompute: all``)."""
+        return len(self.recompute) == len(self.cells)
+
+    @checkpoint_cells.setter
+    def checkpoint_cells(self, flag: bool) -> None:
+        self.recompute = frozenset(self.cells) if flag else frozenset()
+
+    def cell_names(self) -> list[str]:
+        """Every cell's name, layer by layer, edges in order (``recompute`` takes a subset)."""
+        return list(self.cells)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.edge_logits, self.op_logits]
@@ -130,8 +144,9 @@ class Supernet(nn.Module):
         for i in range(self.params.layers):
             new: list[torch.Tensor | None] = [None] * self.params.depths
             for e, (s, t) in enumerate(self.edges):
-                cell = self.cells[cell_name(i + 1, s, t)]
-                if self.checkpoint_cells and self.training:
+                name = cell_name(i + 1, s, t)
+                cell = self.cells[name]
+                if self.training and name in self.recompute:
                     # Recompute the cell in backward instead of keeping its activations.
                     y = checkpoint(cell, nodes[s], alpha[i, e], use_reentrant=False)
                 else:
