@@ -213,6 +213,19 @@ class ReportsDiagnostics(Protocol):
 
 
 @runtime_checkable
+class ChoosesRecompute(Protocol):
+    """A supernet that can recompute parts of itself in backward, and choose which ones fit a memory
+    target (``search.recompute: auto``)."""
+
+    def choose_recompute(self, target_bytes: float, batch: int, amp: str, device: Any) -> dict[str, Any]:
+        """Recompute the parts that keep a search step within ``target_bytes`` at the least time; return
+        {"parts": names chosen, "expected_bytes": ..., "none_bytes": ..., "seconds": ...}."""
+        ...
+
+    def recompute_all(self, flag: bool) -> None: ...
+
+
+@runtime_checkable
 class ImportsArchitectures(Protocol):
     """A search space that converts other tools' architecture files (``nastk import-arch``)."""
 

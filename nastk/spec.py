@@ -199,6 +199,24 @@ class SearchSpec(_Section):
     arch: AdamSpec = Field(default_factory=AdamSpec)
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(500, ge=1)
+    recompute: Literal["none", "all", "auto"] = Field(
+        "none",
+        description="Cells recomputed in backward to save memory: none, all, or auto (the cells that fit "
+        "search.memory_target_gb at the least measured time). Results do not change, only memory and time.",
+    )
+    memory_target_gb: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="GB per GPU a search step may hold (activations saved for backward plus weights, "
+        "gradients and optimiser state) for search.recompute: auto; nastk plan writes it from --gpu-memory.",
+    )
+
+    @model_validator(mode="after")
+    def _auto_needs_target(self) -> SearchSpec:
+        if self.recompute == "auto" and self.memory_target_gb is None:
+            raise ValueError("memory_target_gb: needed with recompute: auto")
+        return self
 
 
 class RetrainSpec(_Section):

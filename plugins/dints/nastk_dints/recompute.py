@@ -18,17 +18,20 @@ node it reads and the alpha tensor it is weighted by. What a search step saves f
 
 On the CPU this equals the saved-tensor hook's count to the byte for any set of recomputed cells, in
 float32 and under bf16 autocast (tests/test_recompute.py). The time a cell adds is one more forward of
-it, measured. Choosing the cells that fit a target at the least time is a multiple-choice knapsack:
-the cells reading one node form a group (at most three cells, so at most eight choices), because that
-node's bytes count once whichever of them keeps it; :func:`choose` solves it exactly by dynamic
-programming over the groups, keeping only (time, bytes) pairs that no other pair beats in both.
+it, measured. Choosing the cells that fit a target at the least time is a multiple-choice knapsack
+with two capacities (the weight step's and the architecture step's bytes): the cells reading one node
+form a group (at most three cells, so at most eight choices), because that node's bytes count once
+whichever of them keeps it; :func:`choose` solves it exactly by dynamic programming over the groups,
+keeping only the partial choices that no other beats in time and both steps' bytes.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,76 +94,100 @@ class SearchStepMemory:
         """The larger of the two steps' saved bytes."""
         return max(self.saved(recompute).values())
 
-    def groups(self) -> list[tuple[tuple[int, int], list[tuple[int, int]], list[tuple[float, float, tuple]]]]:
-        """Per node (layer i, depth d): its reader cells and every choice of which of them to recompute,
-        as (seconds, bytes, chosen cells); bytes are the larger of the two steps' per choice."""
-        edges = edge_list(self.steps["weight"].depths)
+    def groups(self) -> list[list[tuple[float, np.ndarray, tuple]]]:
+        """Per node (layer i, depth d), every choice of which of its reader cells to recompute, as
+        (seconds, bytes per step [2], chosen cells)."""
+        depths = self.steps["weight"].depths
+        edges = edge_list(depths)
         out = []
         for i in range(self.layers):
             kind = 0 if i == 0 else 1
-            for d in range(self.steps["weight"].depths):
-                readers = [(i, e) for e, (s, _) in enumerate(edges) if s == d]
+            for d in range(depths):
+                readers = [e for e, (s, _) in enumerate(edges) if s == d]
                 choices = []
                 for mask in itertools.product((False, True), repeat=len(readers)):
-                    chosen = tuple(c for c, m in zip(readers, mask) if m)
+                    chosen = tuple((i, e) for e, m in zip(readers, mask) if m)
                     secs = sum(float(self.seconds[e]) for _, e in chosen)
                     per_step = []
                     for m in self.steps.values():
-                        b = sum(float(m.own[kind, e]) for (_, e), r in zip(readers, mask) if not r)
-                        keeps = any(mask) or any(m.saves_input[kind, e] and not r for (_, e), r in zip(readers, mask))
+                        b = sum(float(m.own[kind, e]) for e, r in zip(readers, mask) if not r)
+                        keeps = any(mask) or any(
+                            m.saves_input[kind, e] and not r for e, r in zip(readers, mask)
+                        )
                         per_step.append(b + (float(m.node[d]) if keeps else 0.0))
-                    choices.append((secs, max(per_step), chosen))
-                out.append(((i, d), readers, choices))
+                    choices.append((secs, np.array(per_step), chosen))
+                out.append(choices)
         return out
 
-    def fixed_bytes(self) -> float:
-        """What no choice changes: the larger of the steps' outside + alpha (alpha counted always: at
-        most a few kB, so the knapsack errs safe by that much)."""
-        return max(m.outside + m.alpha for m in self.steps.values())
+    def fixed_bytes(self) -> np.ndarray:
+        """What no choice changes, per step: outside + alpha (alpha counted always: at most a few kB,
+        and only when every cell of layers 2..L is recomputed could it be absent)."""
+        return np.array([m.outside + m.alpha for m in self.steps.values()])
 
 
-def choose(model: SearchStepMemory, target_bytes: float) -> tuple[np.ndarray, float, float] | None:
-    """The cells to recompute [L, E] so that both steps save at most ``target_bytes`` at the least
-    recompute time: (mask, seconds, bytes of the knapsack's accounting), or None when even
-    recomputing every cell does not fit."""
-    budget = target_bytes - model.fixed_bytes()
-    # Pareto front of partial choices: (seconds, bytes) -> chosen cells; sorted by bytes.
-    front: list[tuple[float, float, tuple]] = [(0.0, 0.0, ())]
-    for _, _, choices in model.groups():
-        merged = [(t + ct, b + cb, (chosen, c)) for t, b, chosen in front for ct, cb, c in choices]
-        merged = [m for m in merged if m[1] <= budget * (1 + 1e-12) + 1e-6]
-        merged.sort(key=lambda m: (m[1], m[0]))
-        front = []
-        best = math.inf
-        for m in merged:  # keep a pair only if it is faster than every pair with fewer bytes
-            if m[0] < best:
-                front.append(m)
-                best = m[0]
-        if not front:
-            return None
-    secs, nbytes, chosen = min(front, key=lambda m: (m[0], m[1]))
-    mask = np.zeros((model.layers, len(model.seconds)), dtype=bool)
+def _unflatten(chosen, layers: int, edges: int) -> np.ndarray:
+    mask = np.zeros((layers, edges), dtype=bool)
     while chosen:
         chosen, cells = chosen
         for i, e in cells:
             mask[i, e] = True
-    return mask, secs, nbytes + model.fixed_bytes()
+    return mask
 
 
-def choose_by_enumeration(model: SearchStepMemory, target_bytes: float) -> tuple[np.ndarray, float] | None:
-    """Brute force over every subset of cells, with the knapsack's accounting (tests, small L and D)."""
-    groups = model.groups()
-    best = None
-    for pick in itertools.product(*[range(len(c)) for _, _, c in groups]):
-        secs = sum(groups[g][2][k][0] for g, k in enumerate(pick))
-        nbytes = model.fixed_bytes() + sum(groups[g][2][k][1] for g, k in enumerate(pick))
-        if nbytes <= target_bytes and (best is None or secs < best[1]):
-            mask = np.zeros((model.layers, len(model.seconds)), dtype=bool)
-            for g, k in enumerate(pick):
-                for i, e in groups[g][2][k][2]:
-                    mask[i, e] = True
-            best = (mask, secs)
-    return best
+def _pareto(ts: np.ndarray, bs: np.ndarray) -> list[int]:
+    """Indices of the points (time, bytes [2]) that no other point beats or equals in all three (ties:
+    the first in (time, bytes) order). A sweep by time over a staircase of (weight bytes, arch bytes):
+    a point is beaten when some faster point has both bytes no larger."""
+    order = np.lexsort((bs[:, 1], bs[:, 0], ts))
+    stair_w: list[float] = []  # increasing
+    stair_a: list[float] = []  # decreasing
+    keep = []
+    for k in order:
+        w, a = bs[k, 0], bs[k, 1]
+        j = bisect.bisect_right(stair_w, w)
+        if j and stair_a[j - 1] <= a:
+            continue
+        keep.append(int(k))
+        # drop the staircase points this one beats in both bytes (w' >= w, a' >= a): from j on
+        end = j
+        while end < len(stair_w) and stair_a[end] >= a:
+            end += 1
+        stair_w[j:end] = [w]
+        stair_a[j:end] = [a]
+    return keep
+
+
+def choose(model: SearchStepMemory, target_bytes: float) -> tuple[np.ndarray, float, float] | None:
+    """The cells to recompute [L, E] so that both steps save at most ``target_bytes`` at the least
+    recompute time: (mask, seconds, bytes of the larger step), or None when even recomputing every
+    cell does not fit. Exact: a dynamic programme over the node groups that keeps every partial choice
+    no other beats in time and in both steps' bytes."""
+    room = target_bytes - model.fixed_bytes() + 1e-6
+    front_t, front_b, front_c = np.zeros(1), np.zeros((1, 2)), [()]
+    for choices in model.groups():
+        ts = (front_t[:, None] + np.array([c[0] for c in choices])[None]).ravel()
+        bs = (front_b[:, None, :] + np.stack([c[1] for c in choices])[None]).reshape(-1, 2)
+        ok = np.flatnonzero((bs <= room).all(1))
+        if not len(ok):
+            return None
+        keep = _pareto(ts[ok], bs[ok])
+        keep = ok[keep]
+        n = len(choices)
+        front_c = [(front_c[k // n], choices[k % n][2]) for k in keep]
+        front_t, front_b = ts[keep], bs[keep]
+    best = int(np.argmin(front_t))
+    mask = _unflatten(front_c[best], model.layers, len(model.seconds))
+    return mask, float(front_t[best]), float((front_b[best] + model.fixed_bytes()).max())
+
+
+def enumerate_subsets(model: SearchStepMemory) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every subset of cells (for the tests, small L and D): masks [K, L, E], their recompute seconds
+    and the larger step's bytes."""
+    n_layers, n_edges = model.layers, len(model.seconds)
+    bits = np.array(list(itertools.product((False, True), repeat=n_layers * n_edges)))
+    masks = bits.reshape(-1, n_layers, n_edges)
+    secs = (masks * model.seconds[None, None]).sum((1, 2))
+    return masks, secs, np.array([model.peak(m) for m in masks])
 
 
 # ----------------------------------------------------------------------------------------- measuring
@@ -175,16 +202,18 @@ def _storage_bytes(module: nn.Module, run, exclude: dict[str, int]) -> tuple[int
     """Distinct non-parameter storages saved by ``run()``, less those named in ``exclude``
     (name -> data_ptr); and which excluded names were saved."""
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages: dict[int, int] = {}
+    packed: list = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
+        s, out = t.untyped_storage(), t.detach()
         if s.data_ptr() not in params and s.data_ptr() != 0:
-            storages[s.data_ptr()] = s.nbytes()
-        return t.detach()
+            packed.append((weakref.ref(out), s.data_ptr(), s.nbytes()))
+        return out
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
+        result = run()
+    storages = {ptr: n for ref, ptr, n in packed if ref() is not None}
+    del result
     hit = {name for name, ptr in exclude.items() if ptr in storages}
     own = sum(n for ptr, n in storages.items() if ptr not in exclude.values())
     return own, hit
@@ -207,12 +236,14 @@ def _node_dtype(filters: float, ops: dict, in_channels: int, num_classes: int, a
 def _cell_parts(cell: MixedCell, shape, step: str, first: bool, amp: str, dtype, n_ops: int):
     _requires_grad(cell, step == "weight")
     x = torch.randn(shape, dtype=dtype, requires_grad=step == "weight" or not first)
-    holder = torch.randn(2, n_ops, dtype=dtype if amp != "off" else torch.float32, requires_grad=step == "arch")
+    holder = torch.randn(
+        2, n_ops, dtype=dtype if amp != "off" else torch.float32, requires_grad=step == "arch"
+    )
     alpha = holder * 1.0 if step == "arch" else holder.detach()
 
     def run():
         with _autocast(amp):
-            cell(x, alpha[0])
+            return cell(x, alpha[0])
 
     own, hit = _storage_bytes(
         cell, run, {"input": x.untyped_storage().data_ptr(), "alpha": alpha.untyped_storage().data_ptr()}
@@ -248,7 +279,9 @@ def measure(
     def side(d: int) -> tuple[int, ...]:
         return tuple(p // 2 ** (d + 1) for p in patch)
 
-    node = np.array([batch * depth_channels(filters, d) * math.prod(side(d)) * itemsize for d in range(depths)])
+    node = np.array(
+        [batch * depth_channels(filters, d) * math.prod(side(d)) * itemsize for d in range(depths)]
+    )
 
     def params(n: int):
         return DiNTSParams(layers=n, depths=depths).model_copy(update={"filters": filters})
@@ -261,13 +294,20 @@ def measure(
         _requires_grad(net, step == "weight")
         for p in net.arch_parameters():
             p.requires_grad_(step == "arch")
-        saved = memory.saved_bytes(
-            net, (batch, in_channels, *sides), amp=amp, input_requires_grad=False, input_dtype=torch.float32
-        )
+        saved = memory.live_saved_bytes(net, (batch, in_channels, *sides), amp, False)
         n_alpha = n_layers * len(edges) * len(ops) * alpha_itemsize
-        nodes_held = n_layers * np.array(
-            [batch * depth_channels(filters, d) * math.prod(s // 2 ** (d + 1) for s in sides) * itemsize for d in range(depths)]
-        ).sum()
+        nodes_held = (
+            n_layers
+            * np.array(
+                [
+                    batch
+                    * depth_channels(filters, d)
+                    * math.prod(s // 2 ** (d + 1) for s in sides)
+                    * itemsize
+                    for d in range(depths)
+                ]
+            ).sum()
+        )
         return saved - n_alpha - nodes_held
 
     voxels = math.prod(patch)
@@ -288,9 +328,18 @@ def measure(
                     cell, shape, step, kind == 0, amp, node_dtype, len(ops)
                 )
         steps[step] = StepBytes(
-            layers, depths, float(out), float(layers * len(edges) * len(ops) * alpha_itemsize), node, own, saves_in, saves_a
+            layers,
+            depths,
+            float(out),
+            float(layers * len(edges) * len(ops) * alpha_itemsize),
+            node,
+            own,
+            saves_in,
+            saves_a,
         )
-    seconds = cell_seconds(depths, filters, ops, patch, batch, amp, device) if time_cells else np.ones(len(edges))
+    seconds = (
+        cell_seconds(depths, filters, ops, patch, batch, amp, device) if time_cells else np.ones(len(edges))
+    )
     return SearchStepMemory(steps, seconds)
 
 
@@ -303,7 +352,9 @@ def cell_seconds(depths, filters, ops, patch, batch, amp, device, repeats: int =
         x = torch.randn(batch, depth_channels(filters, s), *(p // 2 ** (s + 1) for p in patch), device=device)
         alpha = torch.full((len(ops),), 1.0 / len(ops), device=device)
         autocast = (
-            torch.autocast(device.type, dtype=memory.AMP_DTYPES[amp]) if amp != "off" else memory._autocast("off")
+            torch.autocast(device.type, dtype=memory.AMP_DTYPES[amp])
+            if amp != "off"
+            else memory._autocast("off")
         )
         ts = []
         for _ in range(repeats + 1):
