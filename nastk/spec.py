@@ -207,16 +207,18 @@ class SearchSpec(_Section):
     memory_target_gb: float | None = Field(
         None,
         gt=0,
+        validate_default=True,
         allow_inf_nan=False,
         description="GB per GPU a search step may hold (activations saved for backward plus weights, "
         "gradients and optimiser state) for search.recompute: auto; nastk plan writes it from --gpu-memory.",
     )
 
-    @model_validator(mode="after")
-    def _auto_needs_target(self) -> SearchSpec:
-        if self.recompute == "auto" and self.memory_target_gb is None:
-            raise ValueError("memory_target_gb: needed with recompute: auto")
-        return self
+    @field_validator("memory_target_gb")
+    @classmethod
+    def _auto_needs_target(cls, value: float | None, info) -> float | None:
+        if value is None and info.data.get("recompute") == "auto":
+            raise ValueError("needed with search.recompute: auto (GB per GPU a search step may hold)")
+        return value
 
 
 class RetrainSpec(_Section):

@@ -62,7 +62,8 @@ def search(
     amp: AmpOption = Amp.off,
     channels_last: ChannelsLastOption = False,
     checkpoint_cells: Annotated[
-        bool, typer.Option("--checkpoint-cells", help="Recompute cells in backward to save memory.")
+        bool,
+        typer.Option("--checkpoint-cells", help="Recompute every cell in backward: search.recompute all."),
     ] = False,
     compile_net: Annotated[bool, CompileOption] = False,
     deterministic: DeterministicOption = False,

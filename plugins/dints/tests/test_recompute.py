@@ -151,3 +151,71 @@ def test_recomputation_changes_no_result(paper_ops):
         np.testing.assert_allclose(losses, results[0][0], rtol=1e-5)
         for a, b in zip(params, results[0][1]):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def synth_task(tmp_path_factory):
+    from nastk.data.synthetic import write_synthetic_task
+
+    return write_synthetic_task(tmp_path_factory.mktemp("data") / "Synth", cases=6, size=24, test_cases=1)
+
+
+def test_search_with_recompute_none_all_auto_gives_the_same_result(tmp_path, synth_task):
+    """`nastk search` with search.recompute none, all and auto (a target between the two): the same
+    losses at every logged iteration and the same architecture parameters; auto says what it chose."""
+    import csv
+    import json
+
+    from nastk.engine.options import RunOptions
+    from nastk.engine.search import run_search
+    from nastk.network import build_supernet
+    from nastk.spec import validate
+    from tinydata import TINY_SPEC
+
+    def spec_for(mode: str, target: float | None = None):
+        data = json.loads(json.dumps(TINY_SPEC))
+        data["dataset"].update(root=str(synth_task), cache_dir=str(tmp_path / "cache"))
+        data["search"].update(recompute=mode, memory_target_gb=target)
+        return validate(data, str(tmp_path / f"{mode}.yaml"))
+
+    none_spec = spec_for("none")
+    net = build_supernet(none_spec)
+    p, batch = net.params, none_spec.search.batch_size
+    model = rc.measure(p.layers, p.depths, p.filters, net._ops, 1, 3, net.patch_size, batch)
+    empty = np.zeros((p.layers, len(net.edges)), bool)
+    target = net.step_state_bytes() + 0.5 * (model.peak(empty) + model.peak(~empty))
+    results = {}
+    for mode, spec in (
+        ("none", none_spec),
+        ("all", spec_for("all")),
+        ("auto", spec_for("auto", target / 2**30)),
+    ):
+        run = tmp_path / mode
+        run_search(spec, RunOptions(out=run, quiet=True, device="cpu"))
+        with open(run / "search" / "log.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        losses = np.array([[float(r[k]) for k in r if k.startswith("L_") and r[k] != ""] for r in rows])
+        params = dict(np.load(run / "search" / "arch_params.npz"))
+        results[mode] = (losses, params, (run / "log.txt").read_text())
+    for mode in ("all", "auto"):
+        np.testing.assert_allclose(results[mode][0], results["none"][0], rtol=1e-5, atol=1e-7)
+        for key, value in results["none"][1].items():
+            np.testing.assert_allclose(results[mode][1][key], value, rtol=1e-5, atol=1e-6)
+    log = results["auto"][2]
+    assert "search.recompute: auto:" in log
+    chosen = int(log.split("search.recompute: auto: ")[1].split(" cells")[0])
+    assert 0 < chosen < p.layers * len(net.edges)
+    assert "search.recompute: all" in results["all"][2]
+
+
+def test_auto_without_a_target_is_a_spec_error_naming_the_field(tmp_path, capfd):
+    from conftest import cli_in_process
+
+    bad = tmp_path / "spec.yaml"
+    bad.write_text("search:\n  recompute: auto\n")
+    code, out, err = cli_in_process(capfd, "validate", str(bad))
+    assert code == 2 and "Traceback" not in err
+    assert "search.memory_target_gb" in err and "recompute: auto" in err and bad.name in err
+    bad.write_text("search:\n  recompute: sometimes\n")
+    code, out, err = cli_in_process(capfd, "validate", str(bad))
+    assert code == 2 and "search.recompute" in err
