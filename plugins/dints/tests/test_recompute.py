@@ -170,6 +170,7 @@ def test_search_with_recompute_none_all_auto_gives_the_same_result(tmp_path, syn
     from nastk.engine.search import run_search
     from nastk.network import build_supernet
     from nastk.spec import validate
+
     from tinydata import TINY_SPEC
 
     def spec_for(mode: str, target: float | None = None):
