@@ -287,6 +287,20 @@ class SizesTraining(Protocol):
 
 
 @runtime_checkable
+class SizesRecompute(Protocol):
+    """A search space whose supernet can recompute its parts in backward (``search.recompute``):
+    ``nastk plan`` then keeps the search patch where recomputation makes the supernet fit."""
+
+    def supernet_memory_recomputed(self, params: BaseModel, ops: dict[str, CellOp], setting: Any) -> float:
+        """Bytes of a search step with everything recomputable recomputed (the least ``auto`` reaches)."""
+        ...
+
+    def recompute_slowdown(self, params: BaseModel, ops: dict[str, CellOp], setting: Any) -> float:
+        """Expected step time with everything recomputed over the time without (>= 1)."""
+        ...
+
+
+@runtime_checkable
 class RanksArchitectures(Protocol):
     """A discretizer that returns the k best distinct architectures, optionally under a memory budget
     (``nastk.setting.MemoryBudget``); ``nastk decode --top-k/--budget-gb`` need it."""

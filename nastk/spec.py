@@ -199,6 +199,9 @@ class SearchSpec(_Section):
     arch: AdamSpec = Field(default_factory=AdamSpec)
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(500, ge=1)
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="Mixed precision of the search (paper: off); `nastk search --amp` overrides it."
+    )
     recompute: Literal["none", "all", "auto"] = Field(
         "none",
         description="Cells recomputed in backward to save memory: none, all, or auto (the cells that fit "

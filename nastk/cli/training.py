@@ -9,7 +9,6 @@ import typer
 
 from nastk.cli.common import (
     Amp,
-    AmpOption,
     ChannelsLastOption,
     CompileOption,
     DeterministicOption,
@@ -59,7 +58,9 @@ def search(
     ] = False,
     quiet: QuietOption = False,
     device: DeviceOption = None,
-    amp: AmpOption = Amp.off,
+    amp: Annotated[
+        Amp | None, typer.Option(help="Mixed precision (fp16 with a grad scaler); default: search.amp.")
+    ] = None,
     channels_last: ChannelsLastOption = False,
     checkpoint_cells: Annotated[
         bool,
@@ -76,6 +77,7 @@ def search(
     from nastk.engine.search import run_search
 
     resolved = _job_spec(spec, set_fields, logger, threads)
+    amp = _plain(amp) or resolved.search.amp
     run = out_path or Path("runs") / resolved.name
     opts = _run_options(run, locals())
     run_search(resolved, opts)

@@ -263,10 +263,13 @@ def measure(
     amp: str = "off",
     time_cells: bool = False,
     device: str | torch.device = "cpu",
+    cells: bool = True,
 ) -> SearchStepMemory:
     """Measure every part of a search step's saved bytes at this setting (on the CPU; the cells at
     their real size, the outside parts on one- and two-layer supernets at the smallest patch the space
-    takes and twice that). With ``time_cells`` each edge's cell forward is timed on ``device``."""
+    takes and twice that). With ``time_cells`` each edge's cell forward is timed on ``device``. With
+    ``cells=False`` the cells are not measured (cheap at any patch): the model then answers only for
+    every cell recomputed."""
     from nastk_dints.params import DiNTSParams
 
     patch = tuple(int(p) for p in patch)
@@ -320,7 +323,7 @@ def measure(
         own = np.zeros((2, len(edges)))
         saves_in = np.zeros((2, len(edges)), dtype=bool)
         saves_a = np.zeros((2, len(edges)), dtype=bool)
-        for e, (s, t) in enumerate(edges):
+        for e, (s, t) in enumerate(edges if cells else []):
             cell = MixedCell(s, t, filters, ops).train()
             shape = (batch, depth_channels(filters, s), *side(s))
             for kind in (0, 1):

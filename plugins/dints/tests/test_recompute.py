@@ -220,3 +220,22 @@ def test_auto_without_a_target_is_a_spec_error_naming_the_field(tmp_path, capfd)
     bad.write_text("search:\n  recompute: sometimes\n")
     code, out, err = cli_in_process(capfd, "validate", str(bad))
     assert code == 2 and "search.recompute" in err
+
+
+def test_plan_sizing_with_every_cell_recomputed_equals_the_measurement(paper_ops):
+    """What `nastk plan` assumes for search.recompute: auto at its least (every cell recomputed): the
+    search step's saved bytes, measured, plus the parameter state; and it is well below no recomputation."""
+    from nastk.plugin import TrainingSetting
+    from nastk_dints import sizing
+
+    layers, depths, filters, patch = 3, 3, 4, (32, 16, 16)
+    params = DiNTSParams(layers=layers, depths=depths).model_copy(update={"filters": filters})
+    setting = TrainingSetting(patch, 1, 1.0, "off", 1, 3)
+    net = _net(paper_ops, layers, depths, filters, patch)
+    state = net.step_state_bytes()
+    net.checkpoint_cells = True
+    measured = max(_measured(net, s, "off") for s in rc.STEPS)
+    assert sizing.supernet_memory_recomputed(params, paper_ops, setting) == measured + state
+    plain = sizing.supernet_memory(params, paper_ops, setting) - state
+    assert measured < 0.5 * plain  # activations: recomputation halves them at least
+    assert 1.0 < sizing.recompute_slowdown(params, paper_ops, setting) < 4 / 3 + 1e-9
