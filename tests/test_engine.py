@@ -470,6 +470,7 @@ def test_retrain_log_every_sets_the_retraining_log_rows(searched, tmp_path):
 def test_search_amp_comes_from_the_spec_unless_the_option_is_given(tmp_path, synth_root, monkeypatch, capfd):
     """search.amp (written by nastk plan) is what `nastk search` runs with; --amp overrides it."""
     import nastk.engine.search as engine_search
+
     from conftest import cli_in_process
 
     seen = []
