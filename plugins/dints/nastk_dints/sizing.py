@@ -8,6 +8,9 @@
   its mixed cells keep more than their ops do alone (the alpha-weighted sums: about 20% more at
   L=3-4, D=2-4); the fit overestimates larger patches by up to 3% (tested), which errs safe. Plus
   the parameter state: weights, gradients and SGD momentum, and Adam's two moments for alpha and p.
+* ``supernet_memory_recomputed``: the same with every cell recomputed in backward (``recompute.py``, exact
+  on the CPU; what ``search.recompute: auto`` can reach at least), and ``recompute_slowdown``, its step time
+  over the time without, from FLOPs (an upper bound for auto, which recomputes fewer cells).
 * ``step_flops``: floating-point operations of one forward of the per-GPU batch, for the supernet
   (every op on every edge) or the costliest network (the op with the most FLOPs on every edge),
   summed over the same parts as the memory model. Each part is counted once at a tiny size by
