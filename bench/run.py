@@ -319,9 +319,11 @@ def bench_memory(count: int, patch: int, filters: int) -> dict:
         arch = decode(rng.normal(size=(L, 3 * D - 2)) * 2, rng.normal(size=(L, 3 * D - 2, N_OPS)))
         net = SPACE.build_network(arch, ops, 1, 3, filters=filters)
         est.append(
-            estimate_training_memory(arch, ops, (patch,) * 3, 1, filters=filters, num_classes=3)["total"]
+            estimate_training_memory(arch, ops, (patch,) * 3, 1, filters=filters, num_classes=3)[
+                "activations"
+            ]
         )
-        true.append(saved_bytes(net, (1, 1, patch, patch, patch)))
+        true.append(saved_bytes(net, (1, 1, patch, patch, patch), input_requires_grad=False))
         monai.append(_monai_ram_estimate(space, arch, patch) * 2**20)
     est, true, monai = np.array(est), np.array(true), np.array(monai)
     ratio, monai_ratio = est / true, monai / true

@@ -213,6 +213,19 @@ class ReportsDiagnostics(Protocol):
 
 
 @runtime_checkable
+class ChoosesRecompute(Protocol):
+    """A supernet that can recompute parts of itself in backward, and choose which ones fit a memory
+    target (``search.recompute: auto``)."""
+
+    def choose_recompute(self, target_bytes: float, batch: int, amp: str, device: Any) -> dict[str, Any]:
+        """Recompute the parts that keep a search step within ``target_bytes`` at the least time; return
+        {"parts": names chosen, "expected_bytes": ..., "none_bytes": ..., "seconds": ...}."""
+        ...
+
+    def recompute_all(self, flag: bool) -> None: ...
+
+
+@runtime_checkable
 class ImportsArchitectures(Protocol):
     """A search space that converts other tools' architecture files (``nastk import-arch``)."""
 
@@ -270,6 +283,20 @@ class SizesTraining(Protocol):
 
     def step_flops(self, params: BaseModel, ops: dict[str, CellOp], setting: Any, network: str) -> float:
         """FLOPs of one forward of the per-GPU batch; ``network``: "supernet" or "largest"."""
+        ...
+
+
+@runtime_checkable
+class SizesRecompute(Protocol):
+    """A search space whose supernet can recompute its parts in backward (``search.recompute``):
+    ``nastk plan`` then keeps the search patch where recomputation makes the supernet fit."""
+
+    def supernet_memory_recomputed(self, params: BaseModel, ops: dict[str, CellOp], setting: Any) -> float:
+        """Bytes of a search step with everything recomputable recomputed (the least ``auto`` reaches)."""
+        ...
+
+    def recompute_slowdown(self, params: BaseModel, ops: dict[str, CellOp], setting: Any) -> float:
+        """Expected step time with everything recomputed over the time without (>= 1)."""
         ...
 
 

@@ -206,6 +206,29 @@ class SearchSpec(_Section):
         description="Also checkpoint when this many minutes passed since the last checkpoint (rank 0's "
         "clock, agreed by every rank); unset: by `checkpoint_every` only.",
     )
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="Mixed precision of the search (paper: off); `nastk search --amp` overrides it."
+    )
+    recompute: Literal["none", "all", "auto"] = Field(
+        "none",
+        description="Cells recomputed in backward to save memory: none, all, or auto (the cells that fit "
+        "search.memory_target_gb at the least measured time). Results do not change, only memory and time.",
+    )
+    memory_target_gb: float | None = Field(
+        None,
+        gt=0,
+        validate_default=True,
+        allow_inf_nan=False,
+        description="GB per GPU a search step may hold (activations saved for backward plus weights, "
+        "gradients and optimiser state) for search.recompute: auto; nastk plan writes it from --gpu-memory.",
+    )
+
+    @field_validator("memory_target_gb")
+    @classmethod
+    def _auto_needs_target(cls, value: float | None, info) -> float | None:
+        if value is None and info.data.get("recompute") == "auto":
+            raise ValueError("needed with search.recompute: auto (GB per GPU a search step may hold)")
+        return value
 
 
 class RetrainSpec(_Section):

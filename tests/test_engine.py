@@ -465,3 +465,20 @@ def test_retrain_log_every_sets_the_retraining_log_rows(searched, tmp_path):
         ]
     assert len(rows["every3"]) < len(rows["unset"])
     assert set(rows["every3"]) < set(rows["unset"])
+
+
+def test_search_amp_comes_from_the_spec_unless_the_option_is_given(tmp_path, synth_root, monkeypatch, capfd):
+    """search.amp (written by nastk plan) is what `nastk search` runs with; --amp overrides it."""
+    import nastk.engine.search as engine_search
+
+    from conftest import cli_in_process
+
+    seen = []
+    monkeypatch.setattr(engine_search, "run_search", lambda spec, opts: seen.append(opts.amp))
+    path, _ = tiny_spec(tmp_path, synth_root, **{"search.amp": "bf16"})
+    for extra in ([], ["--amp", "off"]):
+        code, _, err = cli_in_process(capfd, "search", path, "--out", tmp_path / "run", *extra)
+        assert code == 0, err
+    plain, _ = tiny_spec(tmp_path, synth_root)
+    assert cli_in_process(capfd, "search", plain, "--out", tmp_path / "run")[0] == 0
+    assert seen == ["bf16", "off", "off"]

@@ -524,3 +524,41 @@ def test_head_task_is_anisotropic_and_stripped_where_asked(tmp_path):
     assert full.relative_size_after_crop == 1.0 > stripped.relative_size_after_crop  # noisy air is nonzero
     test = [np.asarray(nib.load(p).dataobj) for p in sorted((root / "imagesTs").glob("*.nii.gz"))]
     assert all((image != 0).all() for image in test)  # stripped_test_every=0: no test case stripped
+
+
+# ------------------------------------------------------------------------- recomputation before shrinking
+
+
+def test_plan_recomputes_then_uses_mixed_precision_before_it_shrinks_the_search_patch(big_task, monkeypatch):
+    """Where the supernet does not fit at the retraining patch, the plan keeps that patch with
+    search.recompute: auto (and a target from --gpu-memory); without recomputation it would shrink the
+    patch. Where the spec allows mixed precision (retrain.amp), and float32 with every cell recomputed
+    does not fit, the search runs bf16."""
+    from nastk.plan import planner
+
+    base = {**BASE, "retrain": {"filter_multiplier": 0.5}}  # the supernet, not retraining, binds
+    plan = make_plan(big_task, 0.02, base=base)
+    s, r = plan.data["search"], plan.data["retrain"]
+    assert s["recompute"] == "auto" and s["patch_size"] == r["patch_size"]
+    assert 0 < s["memory_target_gb"] < 0.02 and "amp" not in s
+    assert (
+        "slowdown" in plan.comments["search.recompute"] and "recomputed" in plan.comments["search.patch_size"]
+    )
+    spec = validate(plan.data, "plan.yaml")
+    assert spec.search.recompute == "auto"
+    # the same plan without recomputation shrinks the search patch
+    monkeypatch.setattr(planner._Costs, "search_modes", lambda self: [("none", "off")])
+    plain = make_plan(big_task, 0.02, base=base).data["search"]
+    assert plain["recompute"] == "none" and np.prod(plain["patch_size"]) < np.prod(s["patch_size"])
+    monkeypatch.undo()
+    # plenty of memory: no recomputation
+    roomy = make_plan(big_task, 0.5, base=base).data["search"]
+    assert roomy["recompute"] == "none"
+    # bf16 allowed: at 0.01 GB float32 cannot keep the patch even with every cell recomputed
+    tight_off = make_plan(big_task, 0.01, base=base).data
+    tight_bf16 = make_plan(
+        big_task, 0.01, base={**BASE, "retrain": {"filter_multiplier": 0.5, "amp": "bf16"}}
+    )
+    assert "amp" not in tight_off["search"]
+    assert tight_bf16.data["search"]["amp"] == "bf16" and tight_bf16.data["search"]["recompute"] == "auto"
+    assert "mixed precision" in tight_bf16.comments["search.amp"]

@@ -9,7 +9,6 @@ import typer
 
 from nastk.cli.common import (
     Amp,
-    AmpOption,
     AutoResumeOption,
     ChannelsLastOption,
     CompileOption,
@@ -62,10 +61,13 @@ def search(
     auto_resume: AutoResumeOption = False,
     quiet: QuietOption = False,
     device: DeviceOption = None,
-    amp: AmpOption = Amp.off,
+    amp: Annotated[
+        Amp | None, typer.Option(help="Mixed precision (fp16 with a grad scaler); default: search.amp.")
+    ] = None,
     channels_last: ChannelsLastOption = False,
     checkpoint_cells: Annotated[
-        bool, typer.Option("--checkpoint-cells", help="Recompute cells in backward to save memory.")
+        bool,
+        typer.Option("--checkpoint-cells", help="Recompute every cell in backward: search.recompute all."),
     ] = False,
     compile_net: Annotated[bool, CompileOption] = False,
     deterministic: DeterministicOption = False,
@@ -78,6 +80,7 @@ def search(
     from nastk.engine.search import run_search
 
     resolved = _job_spec(spec, set_fields, logger, threads)
+    amp = _plain(amp) or resolved.search.amp
     run = out_path or Path("runs") / resolved.name
     opts = _run_options(run, locals())
     run_search(resolved, opts)

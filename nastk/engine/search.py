@@ -54,14 +54,14 @@ from nastk.engine.loop import (
 from nastk.engine.options import RunOptions
 from nastk.engine.schedule import lr_lambda
 from nastk.engine.stop import StopRequests, stop_requests
-from nastk.errors import DataError
+from nastk.errors import DataError, SpecError
 from nastk.io import atomic_write_bytes, make_dir
 from nastk.lock import run_lock
 from nastk.logs import logger, record, run_log, start_log_file
 from nastk.network import build_supernet
 from nastk.objective import arch_objective, build_losses
 from nastk.progress import Reporter
-from nastk.protocols import Diagnoses, Drawable, NeedsSetting, ReportsDiagnostics
+from nastk.protocols import ChoosesRecompute, Diagnoses, Drawable, NeedsSetting, ReportsDiagnostics
 from nastk.runspec import record_search_spec
 from nastk.setting import retrain_setting, spec_budget, uses_gb_budget
 from nastk.spec import Spec
@@ -246,7 +246,7 @@ class SearchParts:
 def _search_parts(spec: Spec, opts: RunOptions, dist: dd.Dist) -> SearchParts:
     s = spec.search
     net = build_supernet(spec).to(dist.device)
-    net.checkpoint_cells = opts.checkpoint_cells
+    _set_recompute(net, spec, opts, dist)
     if opts.channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
     opt_w = sgd(net.weight_parameters(), s.weights)
@@ -268,6 +268,37 @@ def _search_parts(spec: Spec, opts: RunOptions, dist: dd.Dist) -> SearchParts:
             f"({setting.batch_size} patches each); this search runs on {dist.world_size}"
         )
     return SearchParts(net, opt_w, opt_a, sched, scaler_w, scaler_a, seg, arch_losses)
+
+
+def _set_recompute(net, spec: Spec, opts: RunOptions, dist: dd.Dist) -> None:
+    """``search.recompute`` (``--checkpoint-cells`` is ``all``): what the supernet recomputes in backward."""
+    mode = "all" if opts.checkpoint_cells else spec.search.recompute
+    if mode == "none":
+        return
+    if not isinstance(net, ChoosesRecompute):
+        raise SpecError(
+            f"search.recompute: {mode}: the space {spec.space.name!r} cannot recompute in backward"
+        )
+    if mode == "all":
+        net.recompute_all(True)
+        if dist.is_main:
+            record("search.recompute: all: every cell is recomputed in backward")
+        return
+    target = spec.search.memory_target_gb * 2**30
+    batch = dd.per_rank_batch(spec.search.batch_size, dist.world_size, "search.batch_size")
+    try:
+        choice = net.choose_recompute(target, batch, opts.amp, dist.device)
+    except ValueError as err:
+        raise SpecError(f"search.memory_target_gb: {err}") from None
+    if dist.is_main:
+        parts = choice["parts"]
+        record(
+            f"search.recompute: auto: {len(parts)} cells recomputed in backward to fit "
+            f"{spec.search.memory_target_gb:g} GB: expected {choice['expected_bytes'] / 2**30:.3f} GB a step "
+            f"(without recomputation {choice['none_bytes'] / 2**30:.3f} GB), "
+            f"+{choice['seconds'] * 1e3:.1f} ms of recomputed forward a pass"
+            + (f": {', '.join(parts)}" if parts else "")
+        )
 
 
 class SearchStep:

@@ -21,7 +21,7 @@ from nastk import registry
 from nastk.data.fingerprint import Fingerprint, compute_fingerprint, summary
 from nastk.errors import DataError
 from nastk.plan import rules
-from nastk.protocols import SizesTraining
+from nastk.protocols import SizesRecompute, SizesTraining
 from nastk.setting import DEFAULT_MARGIN, DEFAULT_RESERVE_GB, TrainingSetting, required_gb, usable_bytes
 
 
@@ -72,14 +72,14 @@ class _Costs:
         self.margin, self.reserve, self.gpu_memory = margin, reserve, gpu_memory
         self.usable = usable_bytes(gpu_memory, margin, reserve)
 
-    def setting(self, patch, batch: int, search: bool) -> TrainingSetting:
+    def setting(self, patch, batch: int, search: bool, amp: str = "off") -> TrainingSetting:
         r = self.base.retrain
         momentum = (self.base.search if search else r).weights.momentum
         return TrainingSetting(
             patch_size=tuple(int(p) for p in patch),
             batch_size=int(batch),
             filter_multiplier=1.0 if search else r.filter_multiplier,
-            amp="off" if search else r.amp,
+            amp=amp if search else r.amp,
             in_channels=len(self.fp.modalities),
             num_classes=len(self.fp.labels),
             state_bytes_per_param=8 + (4 if momentum > 0 else 0),
@@ -93,9 +93,31 @@ class _Costs:
         small, large = self.network_range(patch, batch)
         return (self.usable - small) / max(large - small, 1.0)
 
-    def supernet_gb(self, patch, batch: int) -> float:
-        nbytes = self.space.supernet_memory(self.params, self.ops, self.setting(patch, batch, True))
+    def search_modes(self) -> list[tuple[str, str]]:
+        """(search.recompute, search.amp) in the order plan tries them before it shrinks the patch:
+        without either, recomputation, then mixed precision where the spec allows it (retrain.amp)."""
+        modes = [("none", "off")]
+        recomputes = isinstance(self.space, SizesRecompute)
+        if recomputes:
+            modes.append(("auto", "off"))
+        amp = self.base.retrain.amp
+        if amp != "off":
+            modes.append(("none", amp))
+            if recomputes:
+                modes.append(("auto", amp))
+        return modes
+
+    def supernet_gb(self, patch, batch: int, recompute: str = "none", amp: str = "off") -> float:
+        """GB of a search step; with recompute "auto", the least it can reach (every cell recomputed)."""
+        setting = self.setting(patch, batch, True, amp)
+        if recompute == "none":
+            nbytes = self.space.supernet_memory(self.params, self.ops, setting)
+        else:
+            nbytes = self.space.supernet_memory_recomputed(self.params, self.ops, setting)
         return required_gb(nbytes, self.margin, self.reserve)
+
+    def slowdown(self, patch, amp: str) -> float:
+        return self.space.recompute_slowdown(self.params, self.ops, self.setting(patch, 1, True, amp))
 
     def step_seconds(self, patch, batch: int, search: bool) -> float:
         network = "supernet" if search else "largest"
@@ -253,21 +275,59 @@ def make_plan(
 
     # ---- search: the paper's one patch per GPU, at the retraining patch if the supernet fits
     search_batch = gpus
-    search_patch, fits = _shrink_until(patch, median, div, lambda p: costs.supernet_gb(p, 1) <= gpu_memory)
+    modes = costs.search_modes()
+
+    def first_fit(p) -> tuple[str, str] | None:
+        return next((m for m in modes if costs.supernet_gb(p, 1, *m) <= gpu_memory), None)
+
+    # Recomputation and mixed precision before a smaller patch: they keep what is searched.
+    search_patch, fits = _shrink_until(patch, median, div, lambda p: first_fit(p) is not None)
     if not fits:
+        least = costs.supernet_gb(search_patch, 1, *modes[-1])
         raise DataError(
-            f"--gpu-memory: {gpu_memory:g} GB is below the {costs.supernet_gb(search_patch, 1):.2f} GB that "
-            f"the supernet of space {base_spec.space.name!r} needs for a search step at the smallest patch "
-            f"{search_patch}"
+            f"--gpu-memory: {gpu_memory:g} GB is below the {least:.2f} GB that the supernet of space "
+            f"{base_spec.space.name!r} needs for a search step at the smallest patch {search_patch}"
         )
+    recompute, search_amp = first_fit(search_patch)
     s = data.setdefault("search", {})
     s["patch_size"] = search_patch
-    supernet_need = costs.supernet_gb(search_patch, 1)
+    supernet_need = costs.supernet_gb(search_patch, 1, recompute, search_amp)
+    plain_need = costs.supernet_gb(search_patch, 1)
+    how = ""
+    if (recompute, search_amp) != ("none", "off"):
+        parts = (["cells recomputed in backward"] if recompute == "auto" else []) + (
+            [f"{search_amp} mixed precision"] if search_amp != "off" else []
+        )
+        how = f" with {' and '.join(parts)}"
     comments["search.patch_size"] = (
-        "the retraining patch (the paper searches and retrains at one patch)"
-        if search_patch == patch
-        else "the retraining patch shrunk until the supernet fits (nnU-Net's axis rule)"
-    ) + f"; the supernet needs {supernet_need:.2f} GB per GPU (margin and reserve included)"
+        (
+            f"the retraining patch (the paper searches and retrains at one patch){how}"
+            if search_patch == patch
+            else f"the retraining patch shrunk until the supernet fits{how} (nnU-Net's axis rule)"
+        )
+        + f"; the supernet needs {supernet_need:.2f} GB per GPU"
+        + (f" at least ({plain_need:.2f} GB without recomputation)" if recompute == "auto" else "")
+        + " (margin and reserve included)"
+    )
+    s["recompute"] = recompute
+    if recompute == "auto":
+        target = costs.usable / 2**30
+        s["memory_target_gb"] = round(target, 3)
+        slow = costs.slowdown(search_patch, search_amp)
+        comments["search.recompute"] = (
+            f"auto: the supernet needs {plain_need:.2f} GB per GPU without recomputation, more than "
+            f"--gpu-memory {gpu_memory:g} GB; the search recomputes the cells (the fewest, by measured "
+            f"time) that keep a step within {target:.2f} GB (--gpu-memory less margin and reserve); expected "
+            f"slowdown at most {slow:.2f}x (every cell's forward once more, from FLOPs)"
+        )
+    else:
+        comments["search.recompute"] = "none: the supernet fits without recomputation"
+    if search_amp != "off":
+        s["amp"] = search_amp
+        comments["search.amp"] = (
+            f"{search_amp}: the spec allows mixed precision (retrain.amp), and the supernet does not fit "
+            "in float32 even with every cell recomputed"
+        )
     s["batch_size"] = search_batch
     comments["search.batch_size"] = "one patch per GPU (the paper: 8 GPUs x 1)"
     r["batch_multiplier"] = batch

@@ -20,6 +20,7 @@ the CPU in half precision), so on a GPU a network under AMP may save more than t
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -70,6 +71,37 @@ def saved_bytes(
         with _autocast(amp):
             module(x)
     return sum(storages.values())
+
+
+def live_saved_bytes(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    amp: str = "off",
+    input_requires_grad: bool = True,
+    input_dtype: torch.dtype = torch.float32,
+    exclude: tuple[int, ...] = (),
+) -> int:
+    """Like :func:`saved_bytes`, but counts only what is still saved when the forward has returned
+    (its output held): a branch of the graph that the forward dropped (a value computed and not used)
+    frees what it saved, and its addresses can be reused, which makes a count by address depend on
+    the allocator. ``exclude``: storage addresses not to count."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    packed: list[tuple[weakref.ref, int, int]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        out = t.detach()
+        if storage.data_ptr() not in params and storage.data_ptr() != 0:
+            packed.append((weakref.ref(out), storage.data_ptr(), storage.nbytes()))
+        return out
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        x = torch.randn(input_shape, dtype=input_dtype, requires_grad=input_requires_grad)
+        with _autocast(amp):
+            out = module(x)
+    alive = {ptr: n for ref, ptr, n in packed if ref() is not None and ptr not in exclude}
+    del out
+    return sum(alive.values())
 
 
 # Keyed by what identifies the measurement, never by ``build``: callers pass a fresh lambda each

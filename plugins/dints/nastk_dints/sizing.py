@@ -8,6 +8,9 @@
   its mixed cells keep more than their ops do alone (the alpha-weighted sums: about 20% more at
   L=3-4, D=2-4); the fit overestimates larger patches by up to 3% (tested), which errs safe. Plus
   the parameter state: weights, gradients and SGD momentum, and Adam's two moments for alpha and p.
+* ``supernet_memory_recomputed``: the same with every cell recomputed in backward (``recompute.py``, exact
+  on the CPU; what ``search.recompute: auto`` can reach at least), and ``recompute_slowdown``, its step time
+  over the time without, from FLOPs (an upper bound for auto, which recomputes fewer cells).
 * ``step_flops``: floating-point operations of one forward of the per-GPU batch, for the supernet
   (every op on every edge) or the costliest network (the op with the most FLOPs on every edge),
   summed over the same parts as the memory model. Each part is counted once at a tiny size by
@@ -90,6 +93,71 @@ def supernet_memory(params, ops: dict, setting: TrainingSetting) -> float:
     voxels = float(np.prod(setting.patch_size))
     activations = once + setting.batch_size * (intercept + slope * voxels)
     return activations + weights * setting.state_bytes_per_param + arch * _ADAM_STATE
+
+
+@lru_cache(maxsize=256)
+def _recomputed_saved(
+    layers: int,
+    depths: int,
+    filters: float,
+    ops: tuple,
+    in_channels: int,
+    num_classes: int,
+    patch,
+    batch,
+    amp,
+) -> float:
+    from nastk_dints import recompute as rc
+
+    model = rc.measure(
+        layers, depths, filters, dict(ops), in_channels, num_classes, patch, batch, amp, cells=False
+    )
+    return model.peak(np.ones((layers, len(edge_list(depths))), dtype=bool))
+
+
+def supernet_memory_recomputed(params, ops: dict, setting: TrainingSetting) -> float:
+    """``supernet_memory`` with every cell recomputed in backward (``search.recompute: all``, the least
+    ``auto`` can reach): only the stems, the head, the relaxation and the cells' inputs are saved
+    (``recompute.py``; measured at tiny patches, exact in voxels), plus the same parameter state."""
+    f = params.filters * setting.filter_multiplier
+    saved = _recomputed_saved(
+        params.layers,
+        params.depths,
+        f,
+        tuple(ops.items()),
+        setting.in_channels,
+        setting.num_classes,
+        tuple(setting.patch_size),
+        setting.batch_size,
+        setting.amp,
+    )
+    *_, weights, arch = _supernet_fit(
+        params.layers,
+        params.depths,
+        f,
+        tuple(ops.items()),
+        setting.in_channels,
+        setting.num_classes,
+        setting.amp,
+    )
+    return saved + weights * setting.state_bytes_per_param + arch * _ADAM_STATE
+
+
+def recompute_slowdown(params, ops: dict, setting: TrainingSetting) -> float:
+    """The step time with every cell recomputed over the time without, from FLOPs: a search step runs
+    a weight and an architecture step, each a forward and a backward (about three forwards); recomputing
+    adds one forward of every cell to each. An estimate (the CPU bench measured more: bench/README.md)."""
+    f = params.filters * setting.filter_multiplier
+    total = step_flops(params, ops, setting, "supernet")
+    c_img, patch = setting.in_channels, np.asarray(setting.patch_size)
+
+    def stem(d: int) -> float:
+        per_voxel = _counted(("stem", c_img, f, d), c_img, 2.0 ** (d + 1), lambda: Stem(c_img, f, d))
+        return per_voxel * float(np.prod(patch / 2 ** (d + 1)))
+
+    heads = setting.batch_size * sum(stem(d) for d in range(params.depths))
+    cells = max(total - heads, 0.0)  # stems are not recomputed; the head is small next to the cells
+    return 1.0 + cells / (3.0 * total)
 
 
 _FLOPS: dict[tuple, float] = {}

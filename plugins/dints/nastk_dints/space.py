@@ -133,6 +133,20 @@ class DiNTSSpace:
 
         return supernet_memory(params, ops, setting)
 
+    def supernet_memory_recomputed(
+        self, params: DiNTSParams, ops: dict[str, CellOp], setting: TrainingSetting
+    ) -> float:
+        from nastk_dints.sizing import supernet_memory_recomputed
+
+        return supernet_memory_recomputed(params, ops, setting)
+
+    def recompute_slowdown(
+        self, params: DiNTSParams, ops: dict[str, CellOp], setting: TrainingSetting
+    ) -> float:
+        from nastk_dints.sizing import recompute_slowdown
+
+        return recompute_slowdown(params, ops, setting)
+
     def step_flops(
         self, params: DiNTSParams, ops: dict[str, CellOp], setting: TrainingSetting, network: str
     ) -> float:

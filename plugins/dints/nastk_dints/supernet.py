@@ -107,7 +107,61 @@ class Supernet(nn.Module):
         self.op_logits = nn.Parameter(torch.randn(n_layers, len(self.edges), len(ops)) * 0.01 + 1.0)
         self.edge_logits = nn.Parameter(torch.randn(n_layers, len(self.edges)) * 0.01)
         self._ops = ops
-        self.checkpoint_cells = False
+        # Names of the cells recomputed in backward (only their inputs are kept); see recompute.py.
+        self.recompute: frozenset[str] = frozenset()
+
+    @property
+    def checkpoint_cells(self) -> bool:
+        """True when every cell is recomputed in backward (``search.recompute: all``)."""
+        return len(self.recompute) == len(self.cells)
+
+    @checkpoint_cells.setter
+    def checkpoint_cells(self, flag: bool) -> None:
+        self.recompute = frozenset(self.cells) if flag else frozenset()
+
+    def recompute_all(self, flag: bool) -> None:
+        self.checkpoint_cells = flag
+
+    def step_state_bytes(self, amp: str = "off") -> float:
+        """Weights, gradients and SGD momentum (12 bytes each), alpha and p with Adam's moments (16)."""
+        weights = sum(p.numel() for p in self.weight_parameters())
+        arch = sum(p.numel() for p in self.arch_parameters())
+        return 12.0 * weights + 16.0 * arch
+
+    def choose_recompute(self, target_bytes: float, batch: int, amp: str, device) -> dict:
+        """``search.recompute: auto``: measure what each cell saves and costs to recompute at this
+        setting (``recompute.py``), recompute the cells that keep the step within ``target_bytes``
+        (activations saved for backward plus ``step_state_bytes``) at the least time, and say what
+        was chosen. Raises ValueError when even recomputing every cell does not fit."""
+        from nastk_dints import recompute as rc
+
+        p = self.params
+        model = rc.measure(
+            p.layers, p.depths, p.filters, self._ops, self.in_channels, self.num_classes,
+            self.patch_size, batch, amp, time_cells=True, device=device,
+        )  # fmt: skip
+        state = self.step_state_bytes(amp)
+        none = np.zeros((p.layers, len(self.edges)), dtype=bool)
+        chosen = rc.choose(model, target_bytes - state)
+        if chosen is None:
+            every = model.peak(~none)
+            raise ValueError(
+                f"{target_bytes / 2**30:.3g} GB is below the {(every + state) / 2**30:.3g} GB a search step "
+                "needs with every cell recomputed"
+            )
+        mask, seconds, _ = chosen
+        self.recompute = frozenset(rc.mask_to_names(mask, p.depths))
+        return {
+            "parts": sorted(self.recompute),
+            "expected_bytes": model.peak(mask) + state,
+            "none_bytes": model.peak(none) + state,
+            "seconds": seconds,
+            "forward_seconds": float(model.seconds.sum()) * p.layers,
+        }
+
+    def cell_names(self) -> list[str]:
+        """Every cell's name, layer by layer, edges in order (``recompute`` takes a subset)."""
+        return list(self.cells)
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.edge_logits, self.op_logits]
@@ -130,8 +184,9 @@ class Supernet(nn.Module):
         for i in range(self.params.layers):
             new: list[torch.Tensor | None] = [None] * self.params.depths
             for e, (s, t) in enumerate(self.edges):
-                cell = self.cells[cell_name(i + 1, s, t)]
-                if self.checkpoint_cells and self.training:
+                name = cell_name(i + 1, s, t)
+                cell = self.cells[name]
+                if self.training and name in self.recompute:
                     # Recompute the cell in backward instead of keeping its activations.
                     y = checkpoint(cell, nodes[s], alpha[i, e], use_reentrant=False)
                 else:
