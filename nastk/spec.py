@@ -170,7 +170,9 @@ def _paper_losses() -> list[LossSpec]:
 
 
 class DiscretizerSpec(_Section):
-    name: str = Field("dints", description="Registered discretizer (nastk.discretizers).")
+    name: str = Field(
+        "", description="Registered discretizer (nastk.discretizers); empty: the one named like the space."
+    )
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -281,6 +283,12 @@ class Spec(_Section):
         dupes = sorted({o for o in self.ops if self.ops.count(o) > 1})
         if dupes:
             raise ValueError(f"ops listed twice: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _discretizer_of_the_space(self) -> Spec:
+        if not self.discretizer.name:  # a space's own discretizer is registered under the space's name
+            self.discretizer.name = self.space.name
         return self
 
 
