@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 # installed for the tests so that theirs run and the contract is checked against more than one space.
 $(VENV)/.test-extras: $(VENV)/.installed plugins/vnas/pyproject.toml
 	$(BIN)/pip install -q -e '.[test,export,tensorboard,mlflow]'
-	$(BIN)/pip install -q -e plugins/vnas -e plugins/example-ops
+	$(BIN)/pip install -q -e plugins/vnas
 	touch $@
 
 .PHONY: install test lint bench quickstart

@@ -44,6 +44,11 @@ class Architecture(Protocol):
 
     def to_dict(self) -> dict[str, Any]: ...
 
+    def to_json(self) -> str:
+        """The text of arch.json: what ``save`` writes and a retrained model's checkpoint keeps (the
+        space's ``load_arch_from_text`` reads it back)."""
+        ...
+
     def save(self, path: str | Path) -> Path:
         """Write arch.json (atomically) and return its path."""
         ...
