@@ -135,3 +135,21 @@ def test_the_unet_baseline_retrains_through_the_same_pipeline(data, capfd):
         "0",
     )
     assert code == 2 and "depths" in err and err.count("\n") == 1
+
+
+def test_the_quickstart_runs_with_a_spec_naming_the_space(tmp_path, capfd):
+    """`nastk quickstart --spec` with the shipped vnas quickstart shrunk to tiny sizes."""
+    shipped = yaml.safe_load((REPO / "specs" / "quickstart-vnas.yaml").read_text())
+    assert shipped["space"]["name"] == "vnas"
+    tiny = json.loads(json.dumps(TINY_SPEC))
+    tiny.update(synth={"cases": 4, "size": 24, "test_cases": 1, "seed": 1}, space=shipped["space"])
+    tiny["space"]["params"] = {**shipped["space"]["params"], "filters": 2}
+    tiny["ops"], tiny["losses"] = shipped["ops"], shipped["losses"]
+    tiny["dataset"]["cache_dir"] = str(tmp_path / "cache")
+    spec = tmp_path / "quickstart.yaml"
+    spec.write_text(yaml.safe_dump(tiny))
+    code, out, err = cli_in_process(capfd, "quickstart", "--spec", spec, "--out", tmp_path / "qs", "--quiet")
+    assert code == 0, err
+    run = tmp_path / "qs" / "run"
+    assert "V-NAS architecture" in out and len(list((run / "predictions").glob("*.nii.gz"))) == 1
+    assert (run / "report" / "cv_leaderboard.csv").exists()
