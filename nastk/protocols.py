@@ -243,6 +243,14 @@ class ChecksSpec(Protocol):
 
 
 @runtime_checkable
+class ForSpaces(Protocol):
+    """An architecture loss that reads what only some spaces' supernets have: ``spaces`` names them, and
+    ``nastk validate`` refuses it in a spec of another space (instead of a search failing inside it)."""
+
+    spaces: tuple[str, ...]
+
+
+@runtime_checkable
 class NeedsSetting(Protocol):
     """An architecture loss that needs the supernet and the retraining setting before the search."""
 

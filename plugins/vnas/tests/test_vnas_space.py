@@ -261,3 +261,16 @@ def test_the_shipped_unet_baseline_is_a_plain_3d_unet():
     assert len(three) == 14 + 1  # 7 levels-sides x 2 searched layers, plus the stem
     # the widest level: 16 * 2^3 channels
     assert max(m.out_channels for m in convs) == 128
+
+
+def test_a_spec_of_this_space_with_dints_regularisers_is_refused_naming_the_loss():
+    from nastk.errors import SpecError
+    from nastk.spec import validate
+
+    with pytest.raises(SpecError) as exc:
+        validate({"space": {"name": "vnas", "params": {"depths": 2}}, "search": {"patch_size": [16, 16, 16]}})
+    assert "losses[1].name" in str(
+        exc.value
+    ) and "'entropy_alpha' regularises the supernet of space 'dints'" in str(exc.value)
+    spec = validate({"space": {"name": "vnas"}, "losses": [{"name": "dice_ce"}]})
+    assert spec.discretizer.name == "vnas"  # a space's own discretizer by default
