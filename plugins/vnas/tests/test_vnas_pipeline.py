@@ -153,3 +153,101 @@ def test_the_quickstart_runs_with_a_spec_naming_the_space(tmp_path, capfd):
     run = tmp_path / "qs" / "run"
     assert "V-NAS architecture" in out and len(list((run / "predictions").glob("*.nii.gz"))) == 1
     assert (run / "report" / "cv_leaderboard.csv").exists()
+
+
+def test_report_compares_runs_of_two_spaces_and_the_baseline_at_equal_compute(data, capfd, tmp_path):
+    """A DiNTS search, a vnas architecture and the U-Net baseline on the same data: one table, the
+    Pareto front against brute force, and the baseline retrained longer flagged as not trained alike."""
+    import pandas as pd
+
+    from nastk.report.compare import pareto_front
+
+    _, root = data
+    dints = json.loads(json.dumps(TINY_SPEC))
+    dints["dataset"].update(root=str(root), cache_dir=str(tmp_path / "cache"))
+    (tmp_path / "dints.yaml").write_text(yaml.safe_dump(dints))
+    assert cli_in_process(capfd, "search", tmp_path / "dints.yaml", "--out", tmp_path / "dints", "-q")[0] == 0
+    runs = {"dints": tmp_path / "dints" / "arch.json"}
+    spec = vnas_spec(tmp_path, root)
+    text = yaml.safe_load(spec.read_text())
+    text["dataset"]["cache_dir"] = str(tmp_path / "cache")
+    spec.write_text(yaml.safe_dump(text))
+    Architecture = __import__("nastk_vnas.architecture", fromlist=["Architecture"]).Architecture
+    runs["vnas"] = Architecture(2, 1, 2, OPS, ["vnas.conv3x3x1", "skip", "conv3x3x3"]).save(
+        tmp_path / "v.json"
+    )
+    for name, arch in runs.items():
+        code, _, err = cli_in_process(
+            capfd,
+            "retrain",
+            tmp_path / f"{'dints' if name == 'dints' else 'spec'}.yaml",
+            "--arch",
+            arch,
+            "--out",
+            tmp_path / name,
+            "--fold",
+            "all",
+            "-q",
+        )
+        assert code == 0, err
+    longer = dict(text, retrain={**text["retrain"], "iters": 8})
+    (tmp_path / "unet.yaml").write_text(yaml.safe_dump(longer))
+    unet = Architecture(2, 1, 2, ["conv3x3x3"], ["conv3x3x3"] * 3).save(tmp_path / "u.json")
+    code, _, err = cli_in_process(
+        capfd,
+        "retrain",
+        tmp_path / "unet.yaml",
+        "--arch",
+        unet,
+        "--out",
+        tmp_path / "unet",
+        "--fold",
+        "all",
+        "-q",
+    )
+    assert code == 0, err
+
+    out = tmp_path / "cmp"
+    code, stdout, err = cli_in_process(
+        capfd, "report", tmp_path / "dints", tmp_path / "vnas", tmp_path / "unet", "--out", out
+    )
+    assert code == 0, err
+    table = pd.read_csv(out / "compare.csv")
+    assert list(table["run"]) == ["dints", "vnas", "unet"] and list(table["space"]) == [
+        "dints",
+        "vnas",
+        "vnas",
+    ]
+    assert list(table["trained alike"].str.startswith("yes")) == [True, True, False]
+    assert "iterations 10 vs 8" in table.loc[2, "trained alike"]
+    for col in ("DSC 1 organ", "DSC 2 lesion std", "NSD 1 organ", "GMACs", "params_M", "est_train_MB"):
+        assert table[col].notna().all(), col
+    assert (
+        table.loc[0, "search_s"] > 0 and pd.isna(table.loc[1, "search_s"]) and (table["retrain_s"] > 0).all()
+    )
+    assert table.loc[2, "GMACs"] > table.loc[1, "GMACs"]  # conv3x3x3 everywhere costs more than a skip
+    assert list(table["pareto"]) == list(pareto_front(table["GMACs"], table["DSC mean"]))
+    report = (out / "report.md").read_text()
+    assert "## Compared at equal compute" in report and "**Not trained alike**" in report
+    assert (out / "compare.png").stat().st_size > 0
+
+
+def test_the_pareto_front_equals_brute_force():
+    import numpy as np
+
+    from nastk.report.compare import pareto_front
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 9))
+        cost, gain = rng.integers(0, 4, n).astype(float), rng.integers(0, 4, n).astype(float)
+        want = [
+            not any(
+                cost[j] <= cost[i] and gain[j] >= gain[i] and (cost[j] < cost[i] or gain[j] > gain[i])
+                for j in range(n)
+                if j != i
+            )
+            for i in range(n)
+        ]
+        assert list(pareto_front(cost, gain)) == want
+    assert list(pareto_front([1.0, np.nan], [1.0, 5.0])) == [True, False]
