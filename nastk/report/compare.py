@@ -5,8 +5,8 @@ One table, ``compare.csv`` / the report's "Compared at equal compute" section: p
 cross-validation DSC and NSD per class (mean ± std over cases, with the post-processing each run's
 cross-validation chose), GMACs, parameters, estimated training memory, search and retraining wall time
 (the last ``time`` of ``search/log.csv`` and the sum over folds of ``retrain/fold_K/log.csv``). "Equal
-compute" means the same retraining: iterations (warm-up included), global batch, patch, filters
-multiplier, folds and the same preprocessed data (the folds' provenance hashes of plan, splits and data);
+compute" means the same retraining: iterations (warm-up included), global batch, patch, folds and the
+same preprocessed data (the folds' provenance hashes of plan, splits and data);
 a run that differs from the first run in any of these is flagged in the ``trained alike`` column with
 what differs. The search is extra compute a searched run spent: it is shown, never hidden.
 ``compare.png`` plots mean DSC against GMACs and marks the Pareto front (no other run has at most the
@@ -24,8 +24,8 @@ import pandas as pd
 
 EQUAL_COMPUTE = (
     "Equal compute: every run retrained with the same iterations (warm-up included), global batch, "
-    "patch, filter multiplier and folds, on the same preprocessed data and splits. Search time is the "
-    "extra compute a searched run spent before retraining."
+    "patch and folds, on the same preprocessed data and splits (network sizes differ: see GMACs and "
+    "params_M). Search time is the extra compute a searched run spent before retraining."
 )
 
 
@@ -67,7 +67,6 @@ def training_key(part) -> dict[str, object]:
         "iterations": r.warmup_iters + r.iters,
         "global batch": part.spec.search.batch_size * r.batch_multiplier,
         "patch": list(r.patch_size),
-        "filter multiplier": r.filter_multiplier,
         "folds": part.spec.dataset.num_folds,
     }
     records = [f for f in part.folds if f.get("plan")]
