@@ -116,7 +116,7 @@ def summarise(rows: pd.DataFrame) -> str:
         out = []
         for run, arm in frame.groupby("run", sort=False):
             row = {"task": task, "arm": run, "seeds": len(arm)}
-            for col in dsc:
+            for col in (c for c in dsc if frame[c].notna().any()):  # this task's classes
                 row[col] = f"{arm[col].mean():.2f} ± {arm[col].std(ddof=1):.2f}"
             for col in ("GMACs", "params_M", "est_train_MB"):
                 row[col] = f"{arm[col].mean():.3g}"
