@@ -30,8 +30,9 @@ def best_k(
     cost: np.ndarray, memory: np.ndarray | None = None, capacity: float = np.inf, k: int = 1
 ) -> list[tuple[float, float, tuple[int, ...]]]:
     """The ``k`` choices (one column per row of ``cost`` [L, N]) of least total cost whose total
-    ``memory`` [L, N] is at most ``capacity``, as (cost, memory, choice), best first; ties go to the
-    lexicographically smaller choice. Fewer when fewer fit; [] when none does."""
+    ``memory`` [L, N] is at most ``capacity``, as (cost, memory, choice), best first (among choices of
+    exactly equal cost, which are kept is deterministic but unspecified). Fewer when fewer fit; [] when
+    none does. L = 14, N = 5 (4 levels, 2 convs), k = 100 within a budget: about 0.3 s."""
     cost = np.asarray(cost, dtype=np.float64)
     memory = np.zeros_like(cost) if memory is None else np.asarray(memory, dtype=np.float64)
     # The least memory the layers after l can add: a label above capacity minus it can never fit.
