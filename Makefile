@@ -13,8 +13,11 @@ $(VENV)/.installed: pyproject.toml
 
 # The tests cover the optional extras too (TensorBoard, MLflow, ONNX export: about 15 s and 280 MB more), so
 # `make test` installs them; the quickstart does not need them.
-$(VENV)/.test-extras: $(VENV)/.installed
+# The plugins under plugins/ (other than DiNTS, which ships inside nastk) are their own distributions:
+# installed for the tests so that theirs run and the contract is checked against more than one space.
+$(VENV)/.test-extras: $(VENV)/.installed plugins/vnas/pyproject.toml
 	$(BIN)/pip install -q -e '.[test,export,tensorboard,mlflow]'
+	$(BIN)/pip install -q -e plugins/vnas
 	touch $@
 
 .PHONY: install test lint bench quickstart

@@ -65,7 +65,7 @@ def save_torchscript(net: torch.nn.Module, example: torch.Tensor, path: Path) ->
     """Scripted where the network allows it (any shape), else traced on ``example`` (the patch)."""
     with warnings.catch_warnings():
         # TorchScript's deprecation notice, and the tracer's note on Python branches: those branches pick
-        # a kernel by shape and device (plugins/dints kernels.py), and the batch of 2 traced takes the
+        # a kernel by shape and device (a space plugin's own kernels), and the batch of 2 traced takes the
         # plain conv3d, which runs anywhere.
         warnings.simplefilter("ignore")
         try:

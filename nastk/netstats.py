@@ -57,7 +57,8 @@ def architecture_stats(spec, arch, budget: MemoryBudget | None = None) -> dict[s
     """One row of an architectures table: path cost, estimated training memory (MB, and the GB it
     needs with the budget's margin and reserve), GMACs and parameters."""
     budget = budget or MemoryBudget(0.0, retrain_setting(spec))
-    row: dict[str, float] = {"path_cost": arch.path_cost if arch.path_cost is not None else float("nan")}
+    cost = getattr(arch, "path_cost", None)  # optional: how unlikely the discretizer found it
+    row: dict[str, float] = {"path_cost": cost if cost is not None else float("nan")}
     mem = training_memory(spec, arch, budget.setting.batch_size)
     if mem is not None:
         row["est_train_MB"] = mem["total"] / 2**20

@@ -1,5 +1,6 @@
 """What a plugin may import from nastk: its errors, atomic file writes, the training setting and memory
-budget it is sized at, and the registry's op loader. Everything else in nastk is internal and may
+budget it is sized at, the registry's op loader, and the memory measurement (``nastk.memory``: bytes a
+module saves for backward, fitted over sizes). Everything else in nastk is internal and may
 change; this module and ``nastk.protocols`` (the shapes a plugin implements) are the public surface.
 """
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from nastk.errors import DataError, NastkError, PluginError, SpecError
 from nastk.io import atomic_write_bytes, atomic_write_text
+from nastk.memory import autocast, cost, live_saved_bytes, output_dtype, parameter_count, saved_bytes
 from nastk.protocols import CellOp
 from nastk.registry import load_ops
 from nastk.setting import (
@@ -33,6 +35,12 @@ __all__ = [
     "TrainingSetting",
     "atomic_write_bytes",
     "atomic_write_text",
+    "autocast",
+    "cost",
+    "live_saved_bytes",
+    "output_dtype",
+    "parameter_count",
+    "saved_bytes",
     "global_retrain_batch",
     "load_ops",
     "required_gb",

@@ -44,6 +44,11 @@ class Architecture(Protocol):
 
     def to_dict(self) -> dict[str, Any]: ...
 
+    def to_json(self) -> str:
+        """The text of arch.json: what ``save`` writes and a retrained model's checkpoint keeps (the
+        space's ``load_arch_from_text`` reads it back)."""
+        ...
+
     def save(self, path: str | Path) -> Path:
         """Write arch.json (atomically) and return its path."""
         ...
@@ -248,6 +253,14 @@ class ChecksSpec(Protocol):
     def check_spec(self, spec: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """(errors, warnings) as (field, message); a field without a dot is one of the loss's params."""
         ...
+
+
+@runtime_checkable
+class ForSpaces(Protocol):
+    """An architecture loss that reads what only some spaces' supernets have: ``spaces`` names them, and
+    ``nastk validate`` refuses it in a spec of another space (instead of a search failing inside it)."""
+
+    spaces: tuple[str, ...]
 
 
 @runtime_checkable

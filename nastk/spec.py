@@ -24,7 +24,7 @@ from pydantic import (
 
 from nastk import registry
 from nastk.errors import PluginError, SpecError
-from nastk.protocols import ChecksSpec
+from nastk.protocols import ChecksSpec, ForSpaces
 from nastk.spec_reference import markdown_reference as markdown_reference
 from nastk.spec_yaml import parse_yaml as parse_yaml
 from nastk.spec_yaml import read_spec_text as read_spec_text
@@ -171,7 +171,9 @@ def _paper_losses() -> list[LossSpec]:
 
 
 class DiscretizerSpec(_Section):
-    name: str = Field("dints", description="Registered discretizer (nastk.discretizers).")
+    name: str = Field(
+        "", description="Registered discretizer (nastk.discretizers); empty: the one named like the space."
+    )
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -319,6 +321,12 @@ class Spec(_Section):
             raise ValueError(f"ops listed twice: {', '.join(dupes)}")
         return self
 
+    @model_validator(mode="after")
+    def _discretizer_of_the_space(self) -> Spec:
+        if not self.discretizer.name:  # a space's own discretizer is registered under the space's name
+            self.discretizer.name = self.space.name
+        return self
+
 
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
@@ -431,6 +439,16 @@ def _loss_problems(spec: Spec, cross_check: bool) -> tuple[list[tuple[str, str]]
             problems.append((where, f"{item.name}: {exc}"))
             continue
         n_seg += getattr(loss, "kind", None) == "segmentation"
+        if isinstance(loss, ForSpaces) and spec.space.name not in loss.spaces:
+            problems.append(
+                (
+                    f"losses[{i}].name",
+                    f"{item.name!r} regularises the supernet of space {', '.join(map(repr, loss.spaces))}, "
+                    f"not of space {spec.space.name!r}: list this space's losses "
+                    "(e.g. losses: [{name: dice_ce}])",
+                )
+            )
+            continue
         if cross_check and isinstance(loss, ChecksSpec):
             errors, notes = loss.check_spec(spec)
             problems += [(_field(where, f), m) for f, m in errors]

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from nastk import registry
 from nastk.protocols import (
@@ -11,6 +12,7 @@ from nastk.protocols import (
     Architecture,
     Discretizer,
     Drawable,
+    RanksArchitectures,
     SearchSpace,
     Supernet,
 )
@@ -39,15 +41,32 @@ def test_spaces_build_what_the_contract_says():
     rng = np.random.default_rng(0)
     for name in registry.names("spaces"):
         space = registry.load("spaces", name)
-        params = space.Params.model_validate({"layers": 2, "depths": 2, "filters": 4})
+        # the smallest of what each space reads (each takes only its own fields)
+        tiny = {"layers": 2, "depths": 2, "filters": 4, "convs": 1}
+        params = space.Params.model_validate(
+            {k: v for k, v in tiny.items() if k in space.Params.model_fields}
+        )
         ops = registry.load_ops(["skip", "conv3x3x3"])
         net = space.build_supernet(params, ops, 1, 2, (16, 16, 16))
         assert isinstance(net, Supernet)
         disc = registry.load("discretizers", name)
         arrays = {k: rng.normal(size=v.shape) for k, v in net.arch_parameters_numpy().items()}
-        arch = disc(arrays, {"filters": 4}, ["skip", "conv3x3x3"])
+        assert disc.check_arrays(arrays, ["skip", "conv3x3x3"]) is not None
+        arch = disc(arrays, params.model_dump(), ["skip", "conv3x3x3"])
         assert isinstance(arch, Architecture) and isinstance(arch, Drawable)
         assert isinstance(space.load_arch_from_text(arch.to_json()), Architecture)
+        network = space.build_network(arch, registry.load_ops(arch.op_names), 1, 2)
+        assert network(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+        if isinstance(disc, RanksArchitectures):
+            assert [
+                a.to_json() for a in disc.top_k(arrays, params.model_dump(), ["skip", "conv3x3x3"], 1)
+            ] == [arch.to_json()]
+
+
+def test_more_than_one_space_is_checked_against_the_contract():
+    """The contract is tested as a contract: the toolkit's spaces include one that is not DiNTS."""
+    assert {"dints", "vnas"} <= set(registry.names("spaces"))
+    assert set(registry.names("spaces")) <= set(registry.names("discretizers"))
 
 
 def test_loss_factories_make_losses_of_the_contract():

@@ -240,13 +240,28 @@ def _print_memory(spec, arch, batch: int | None, budget=None) -> None:
 
 @app.command("import-arch", short_help="Convert another tool's architecture file to arch.json.")
 def import_arch(
-    file: Annotated[Path, typer.Argument(help="Architecture file of another tool (e.g. MONAI DiNTS .pth).")],
+    file: Annotated[Path, typer.Argument(help="Architecture file of another tool (e.g. a MONAI .pth).")],
     out_path: Annotated[Path, typer.Option("--out", help="arch.json to write.")] = Path("arch.json"),
-    space: Annotated[str, typer.Option(help="Registered search space that reads the file.")] = "dints",
+    space: Annotated[
+        str | None,
+        typer.Option(help="Registered search space that reads the file (default: the one space that can)."),
+    ] = None,
     filters: Annotated[int, typer.Option(help="Search filters at input scale to record (paper: 16).")] = 16,
 ) -> None:
-    """Convert another tool's architecture file to arch.json (dints: MONAI's node_a/arch_code_a/arch_code_c
-    or Auto3DSeg's code_a/code_c/node_a)."""
+    """Convert another tool's architecture file to arch.json (with the reference plugin: MONAI's
+    node_a/arch_code_a/arch_code_c or Auto3DSeg's code_a/code_c/node_a)."""
+    if space is None:  # whichever installed space imports architecture files, if only one does
+        able = [
+            n
+            for n in registry.names("spaces")
+            if isinstance(registry.load("spaces", n), ImportsArchitectures)
+        ]
+        if len(able) != 1:
+            raise DataError(
+                f"--space: {len(able)} installed spaces import architecture files "
+                f"({', '.join(able) or 'none'}); name one"
+            )
+        space = able[0]
     plugin = registry.load("spaces", space)
     if not isinstance(plugin, ImportsArchitectures):
         raise DataError(f"space {space!r} cannot import architecture files")

@@ -8,7 +8,10 @@ For each run directory it writes what the run holds and says what it skipped and
   labels (:mod:`nastk.report.cv`), whose chosen-post-processing DSC also fills ``architectures.csv``;
 * after predict, with labels: the test leaderboard (Table 2's layout, :mod:`nastk.report.leaderboard`);
   without labels: the list of predicted cases;
-* with several runs: every run's gap G in one figure (Fig. 8), the runs ranked side by side.
+* with several runs: every run's gap G in one figure (Fig. 8), the runs ranked side by side, and with
+  cross-validation, the runs compared at equal compute (:mod:`nastk.report.compare`: one table of DSC/NSD,
+  GMACs, parameters, memory and wall times that flags runs not trained alike, and DSC against GMACs with
+  the Pareto front).
 
 Everything is computed before anything is written, so a bad input leaves no half-written report.
 """
@@ -179,6 +182,15 @@ def _write_runs(parts: list[_RunParts], out: Path, reference: bool, task: str | 
     if cv:
         cv_paths, md = write_cv(out, cv, decisions, class_names, task, cv_ref, cv_note, board=cv_board)
         paths.update(cv_paths)
+        if len(cv) > 1:  # runs of different spaces and baselines side by side, at equal compute
+            from nastk.report.compare import compare_figure, compare_markdown, compare_table
+
+            table = compare_table([p for p in parts if p.cv is not None], cv_board, labels, class_names)
+            paths["compare_csv"] = atomic_write_text(
+                out / "compare.csv", table.to_csv(index=False, float_format="%.6g")
+            )
+            paths["compare_png"] = compare_figure(table, out / "compare.png")
+            sections.append(compare_markdown(table, table["run"].iloc[0]))
         sections.append(md.replace("# Cross-validation", "## Cross-validation", 1))
     if tested:
         test_paths = write_report(out, tested, task, class_names, reference=reference)

@@ -101,6 +101,9 @@ def memory_value(
 
 class _ArchLoss:
     kind = "architecture"
+    spaces = (
+        "dints",
+    )  # the supernets these read (edge and op logits, memory costs): nastk.protocols.ForSpaces
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

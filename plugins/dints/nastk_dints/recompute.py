@@ -220,7 +220,7 @@ def _storage_bytes(module: nn.Module, run, exclude: dict[str, int]) -> tuple[int
 
 
 def _autocast(amp: str):
-    return memory._autocast(amp)
+    return memory.autocast(amp)
 
 
 def _node_dtype(filters: float, ops: dict, in_channels: int, num_classes: int, amp: str) -> torch.dtype:
@@ -357,7 +357,7 @@ def cell_seconds(depths, filters, ops, patch, batch, amp, device, repeats: int =
         autocast = (
             torch.autocast(device.type, dtype=memory.AMP_DTYPES[amp])
             if amp != "off"
-            else memory._autocast("off")
+            else memory.autocast("off")
         )
         ts = []
         for _ in range(repeats + 1):
