@@ -1,7 +1,7 @@
 """The search objective of Eq. 11, generic over whichever losses a spec names.
 
 L_arch = L_seg + (t / t_all) * sum_k w_k * R_k, where the R_k are the architecture regularisers
-(for DiNTS: L_alpha, L_eta, lambda * L_tp, L_m) and t counts architecture iterations only.
+(in the paper: L_alpha, L_eta, lambda * L_tp, L_m) and t counts architecture iterations only.
 The ramp never touches L_seg.
 """
 

@@ -187,6 +187,7 @@ GROUP_PROTOCOLS: dict[str, type] = {
     "losses": Loss,
     "discretizers": Discretizer,
     "references": ReferenceTables,
+    "defaults": SearchSpace,  # its one entry, ``space``, names the space a spec gets when it names none
 }
 
 
@@ -203,6 +204,15 @@ class Drawable(Protocol):
 
 
 @runtime_checkable
+class HasDefaultLosses(Protocol):
+    """A space whose specs get these losses when they list none: one mapping per loss, shaped like a
+    spec's ``losses`` item (name, and optionally weight and params). A space without them gets the
+    segmentation loss ``dice_ce`` alone."""
+
+    default_losses: tuple[dict[str, Any], ...]
+
+
+@runtime_checkable
 class ChecksSpaceParams(Protocol):
     """An architecture that can tell whether a spec's ``space.params`` disagree with it (retraining stops
     with that message before it builds anything)."""
@@ -212,7 +222,7 @@ class ChecksSpaceParams(Protocol):
 
 @runtime_checkable
 class ReportsDiagnostics(Protocol):
-    """A supernet with numbers worth columns of ``search/log.csv`` (e.g. DiNTS's memory ratio and gap)."""
+    """A supernet with numbers worth columns of ``search/log.csv`` (e.g. a memory ratio and gap)."""
 
     def diagnostics(self) -> dict[str, float]: ...
 

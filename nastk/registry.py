@@ -25,6 +25,7 @@ GROUPS = {
     "losses": "nastk.losses",
     "discretizers": "nastk.discretizers",
     "references": "nastk.references",
+    "defaults": "nastk.defaults",
 }
 
 
@@ -122,6 +123,34 @@ def _load(group: str, name: str) -> Any:
 def load(group: str, name: str) -> Any:
     """Import and return the object a plugin registered under ``name``."""
     return _load(_short_group(group), name)
+
+
+def default_space() -> str:
+    """The space a spec gets when it names none, decided by what is installed, never by nastk's code.
+
+    A distribution declares its default as the entry point ``space`` of group ``nastk.defaults``,
+    pointing at the same object as one of its ``nastk.spaces`` entries. Without such a declaration the
+    only installed space is the default; with several spaces and none declared, a spec must name one.
+    """
+    spaces, _ = _scan("spaces")
+    declared, conflicts = _scan("defaults")
+    if "space" in conflicts:
+        dists = " and ".join(f"{e.distribution} ('{e.value}')" for e in conflicts["space"])
+        raise PluginError(f"more than one distribution declares the default space ({dists}); name one")
+    if "space" in declared:
+        value = declared["space"].value
+        named = [n for n, e in spaces.items() if e.value == value]
+        if len(named) != 1:
+            raise PluginError(
+                f"the default space '{value}' (nastk.defaults, from {declared['space'].distribution}) "
+                f"is not one registered nastk.spaces entry; name a space: {', '.join(names('spaces'))}"
+            )
+        return named[0]
+    if len(spaces) == 1:
+        return next(iter(spaces))
+    raise PluginError(
+        f"no default search space is installed; name one: {', '.join(names('spaces')) or 'none'}"
+    )
 
 
 def load_ops(op_names: Iterable[str]) -> dict[str, Any]:

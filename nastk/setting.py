@@ -10,7 +10,7 @@ whose estimated bytes (activations saved for backward + weights, gradients, opti
 ``bytes * (1 + margin) + reserve <= B``. The margin stands for what that sum leaves out: the caching
 allocator's rounding and fragmentation, and the gradients of activations that live for a moment in
 backward. The reserve stands for the CUDA context and cuDNN's workspace. Both defaults are
-allowances, not measurements (plugins/dints/README.md, "Memory budgets").
+allowances, not measurements (docs/planning.md and the reference plugin's "Memory budgets").
 """
 
 from __future__ import annotations

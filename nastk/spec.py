@@ -24,7 +24,7 @@ from pydantic import (
 
 from nastk import registry
 from nastk.errors import PluginError, SpecError
-from nastk.protocols import ChecksSpec, ForSpaces
+from nastk.protocols import ChecksSpec, ForSpaces, HasDefaultLosses
 from nastk.spec_reference import markdown_reference as markdown_reference
 from nastk.spec_yaml import parse_yaml as parse_yaml
 from nastk.spec_yaml import read_spec_text as read_spec_text
@@ -149,25 +149,29 @@ class DatasetSpec(_Section):
 
 
 class SpaceSpec(_Section):
-    name: str = Field("dints", description="Registered search space (nastk.spaces).")
+    name: str = Field(
+        "",
+        validate_default=True,
+        description="Registered search space (nastk.spaces); empty: the one the installation declares "
+        "(entry point `space` of nastk.defaults; nastk ships its reference plugin's).",
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="Validated by the space's own model.")
+
+    @field_validator("name")
+    @classmethod
+    def _installed_default(cls, name: str) -> str:
+        if name:
+            return name
+        try:  # a spec means what the installation says, so nastk's code names no space
+            return registry.default_space()
+        except PluginError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class LossSpec(_Section):
     name: str = Field(description="Registered loss (nastk.losses).")
     weight: float = Field(1.0, ge=0, description="Multiplier in L_arch (Eq. 11).")
     params: dict[str, Any] = Field(default_factory=dict)
-
-
-def _paper_losses() -> list[LossSpec]:
-    # Eq. 11: L_arch = L_seg + t/t_all * (L_alpha + L_eta + lambda * L_tp + L_m), lambda = 0.001.
-    return [
-        LossSpec(name="dice_ce"),
-        LossSpec(name="entropy_alpha"),
-        LossSpec(name="entropy_eta"),
-        LossSpec(name="topology", weight=0.001),
-        LossSpec(name="memory", params={"sigma": 0.8}),
-    ]
 
 
 class DiscretizerSpec(_Section):
@@ -292,16 +296,17 @@ class Spec(_Section):
     )
     seed: int = Field(0, description="Seeds python, numpy and torch.")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
-    space: SpaceSpec = Field(default_factory=SpaceSpec)
+    space: SpaceSpec = Field(default_factory=dict, validate_default=True)
     ops: list[str] = Field(
         ["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"],
         min_length=1,
         description="Registered cell ops (nastk.ops); paper: the five of Sec. 3.2.",
     )
-    losses: list[LossSpec] = Field(
-        default_factory=_paper_losses,
+    losses: list[LossSpec] | None = Field(
+        None,
         description="Registered losses with weight and params: one segmentation loss and the architecture "
-        "regularisers of Eq. 11 (lambda = 0.001 for the topology loss, sigma = 0.8 for memory).",
+        "regularisers of Eq. 11. Default: the space's own (the paper's five, lambda = 0.001 for the "
+        "topology loss and sigma = 0.8 for memory, for the reference space), else dice_ce alone.",
     )
     discretizer: DiscretizerSpec = Field(default_factory=DiscretizerSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
@@ -319,6 +324,17 @@ class Spec(_Section):
         dupes = sorted({o for o in self.ops if self.ops.count(o) > 1})
         if dupes:
             raise ValueError(f"ops listed twice: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _losses_of_the_space(self) -> Spec:
+        if self.losses is None:  # the losses belong to the space; an unknown space is reported elsewhere
+            try:
+                space = registry.load("spaces", self.space.name)
+            except PluginError:
+                space = None
+            found = space.default_losses if isinstance(space, HasDefaultLosses) else ({"name": "dice_ce"},)
+            self.losses = [LossSpec.model_validate(item) for item in found]
         return self
 
     @model_validator(mode="after")
@@ -474,7 +490,9 @@ def validate(data: Any, file: str = "<spec>") -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(file, [(_loc(e["loc"]), e["msg"]) for e in exc.errors()]) from None
+        raise SpecError(
+            file, [(_loc(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+        ) from None
     problems = _plugin_problems(spec) + _augment_problems(spec) + _inference_problems(spec)
     if not any(f == "space.name" for f, _ in problems):
         problems += _space_problems(spec)

@@ -11,7 +11,7 @@ from nastk.errors import PluginError
 from nastk.spec import validate
 from nastk_dints.space import SPACE
 
-from conftest import run_cli
+from conftest import cli_in_process, run_cli
 from fakedist import make_dist
 
 DWCONV = '''
@@ -145,3 +145,43 @@ def test_plugins_command_lists_third_party(plugin_path):
 def test_cli_help_runs():
     res = run_cli("--help")
     assert res.returncode == 0 and "decode" in res.stdout
+
+
+def test_a_spec_without_a_space_gets_the_space_the_installation_declares(plugin_path, capfd):
+    """nastk's code names no space: the default is the nastk.defaults entry of the installed metadata."""
+    declared = registry.entry("defaults", "space")
+    assert declared.distribution == "nastk" and registry.default_space() == "dints"
+    assert validate({}).space.name == "dints" and validate({"space": {"params": {}}}).space.name == "dints"
+    # A second distribution that declares its own default makes a spec without a space ambiguous ...
+    make_dist(plugin_path, "nastk-other", "1.0", {"nastk.defaults": {"space": "nastk_vnas.space:SPACE"}})
+    registry.refresh()
+    with pytest.raises(PluginError, match="nastk-other"):
+        registry.default_space()
+    spec = plugin_path / "nospace.yaml"
+    spec.write_text("seed: 1\n")
+    code, out, err = cli_in_process(capfd, "validate", spec)
+    assert code == 2 and "nospace.yaml" in err and "space.name" in err and "nastk-other" in err, err
+    assert "Traceback" not in err and "Value error" not in err
+    # ... and one that names its space is unaffected.
+    assert validate({"space": {"name": "dints"}}).space.name == "dints"
+
+
+def test_without_a_declaration_the_only_installed_space_is_the_default(monkeypatch):
+    scan = registry._scan
+
+    def only(names):
+        def fake(group):
+            unique, conflicts = scan(group)
+            if group == "defaults":
+                return {}, {}
+            if group == "spaces":
+                return {n: e for n, e in unique.items() if n in names}, {}
+            return unique, conflicts
+
+        return fake
+
+    monkeypatch.setattr(registry, "_scan", only({"vnas"}))
+    assert registry.default_space() == "vnas" and validate({"ops": ["skip", "conv3x3x3"]}).space.name == "vnas"
+    monkeypatch.setattr(registry, "_scan", only({"vnas", "dints"}))
+    with pytest.raises(PluginError, match="name one: dints, vnas"):
+        registry.default_space()

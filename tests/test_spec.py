@@ -134,3 +134,22 @@ def test_spec_reference_doc_is_up_to_date():
     assert doc.read_text().strip() == markdown_reference().strip(), (
         "run: nastk spec-schema --markdown > docs/spec-reference.md"
     )
+
+
+def test_a_spec_without_losses_gets_its_spaces_losses():
+    """The losses belong to the space: the paper's five regularise DiNTS, a space without its own gets
+    the segmentation loss alone, and listed losses always win."""
+    from nastk.spec import validate
+
+    dints = validate({"space": {"name": "dints"}})
+    assert [(x.name, x.weight, x.params) for x in dints.losses] == [
+        ("dice_ce", 1.0, {}),
+        ("entropy_alpha", 1.0, {}),
+        ("entropy_eta", 1.0, {}),
+        ("topology", 0.001, {}),
+        ("memory", 1.0, {"sigma": 0.8}),
+    ]
+    vnas = validate({"space": {"name": "vnas"}, "ops": ["skip", "conv3x3x3"]})
+    assert [x.name for x in vnas.losses] == ["dice_ce"]
+    listed = validate({"space": {"name": "dints"}, "losses": [{"name": "dice_ce"}, {"name": "topology"}]})
+    assert [x.name for x in listed.losses] == ["dice_ce", "topology"]

@@ -51,10 +51,11 @@ def target_spacing(spacings: np.ndarray, crop_shapes: np.ndarray) -> tuple[np.nd
     axis more than 3x the next, and fewer than a third as many voxels along it) nnU-Net takes the 10th
     percentile of that axis's spacings and keeps the voxels anisotropic, because its U-Net then pools
     only in-plane until the spacings match. nastk's search spaces cannot: they take one patch divisor
-    for every axis, and DiNTS halves all three axes before its first cell and at every depth, so thick
-    slices run out first. nastk resamples such data to isotropic voxels at the other axes' spacing
-    instead (the paper used isotropic 1 mm for every task); in the ablation (docs/planning.md) nnU-Net's
-    spacing cost the head task's lesion most of its Dice. Returns (spacing, why)."""
+    for every axis, and the paper's space halves all three axes before its first cell and at every
+    depth, so thick slices run out first. nastk resamples such data to isotropic voxels at the other
+    axes' spacing instead (the paper used isotropic 1 mm for every task); in the ablation
+    (docs/planning.md) nnU-Net's spacing cost the head task's lesion most of its Dice. Returns
+    (spacing, why)."""
     spacings = np.asarray(spacings, dtype=np.float64)
     target = np.median(spacings, 0)
     sizes = np.median(np.asarray(crop_shapes, dtype=np.float64), 0)

@@ -1,11 +1,11 @@
 """Published reference rows for ``nastk report --reference NAME``, laid out like this run's tables.
 
 The numbers belong to the plugin that publishes them (``nastk.references`` entry points, shaped as
-``nastk.protocols.ReferenceTables``; DiNTS publishes ``paper``: Tables 1 and 2 of its paper). This
-module only lays them out: the test-set rows in the leaderboard layout of
+``nastk.protocols.ReferenceTables``; the reference plugin publishes ``paper``: Tables 1 and 2 of the
+DiNTS paper). This module only lays them out: the test-set rows in the leaderboard layout of
 :mod:`nastk.report.ranking`, the cross-validation rows in the layout of the architectures table.
 
-The names of the former DiNTS tables (``TASKS``, ``METHODS``, ``PAPER_TABLE2``, ``MSD_CLASSES``,
+The names of the paper's former tables (``TASKS``, ``METHODS``, ``PAPER_TABLE2``, ``MSD_CLASSES``,
 ``SOURCE``, ``TABLE1_*``) still read the ``paper`` entry, on first use.
 """
 

@@ -68,6 +68,15 @@ class DiNTSNetwork(nn.Module):
 class DiNTSSpace:
     name = "dints"
     Params = DiNTSParams
+    # Eq. 11: L_arch = L_seg + t/t_all * (L_alpha + L_eta + lambda * L_tp + L_m), lambda = 0.001, and
+    # sigma = 0.8, the budget of the architecture the paper retrained on every task (Sec. 4.2).
+    default_losses = (
+        {"name": "dice_ce"},
+        {"name": "entropy_alpha"},
+        {"name": "entropy_eta"},
+        {"name": "topology", "weight": 0.001},
+        {"name": "memory", "params": {"sigma": 0.8}},
+    )
 
     def patch_divisor(self, params: DiNTSParams) -> int:
         return 2 ** (params.depths + 1)
