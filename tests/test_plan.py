@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from nastk import registry
 from nastk.data.fingerprint import compute_fingerprint, fingerprint_path
@@ -462,6 +463,15 @@ UNPLANNABLE = {
     "no foreground": (lambda p: write_task(p, [(20, 20, 10)] * 3, foreground=False), "without foreground"),
     "mixed dimensionality": (_mixed, "mixed dimensionality"),
 }
+
+
+def test_a_base_with_a_quickstart_section_plans(tmp_path):
+    """The quickstart's spec as --base: its synth section says how to make a synthetic task, which a plan
+    for a real dataset leaves out (it once failed the render's read-back check)."""
+    root = write_msd(tmp_path / "Task02_Tiny")
+    base = {**BASE, "synth": {"cases": 4, "size": 32}, "name": "quickstart"}
+    text = render(make_plan(root, 0.02, base=base))
+    assert "synth" not in text and validate(yaml.safe_load(text)).space.name == "dints"
 
 
 @pytest.mark.parametrize("name", list(UNPLANNABLE))
