@@ -268,9 +268,16 @@ def test_a_spec_of_this_space_with_dints_regularisers_is_refused_naming_the_loss
     from nastk.spec import validate
 
     with pytest.raises(SpecError) as exc:
-        validate({"space": {"name": "vnas", "params": {"depths": 2}}, "search": {"patch_size": [16, 16, 16]}})
+        validate(
+            {
+                "space": {"name": "vnas", "params": {"depths": 2}},
+                "search": {"patch_size": [16, 16, 16]},
+                "losses": [{"name": "dice_ce"}, {"name": "entropy_alpha"}],
+            }
+        )
     assert "losses[1].name" in str(
         exc.value
     ) and "'entropy_alpha' regularises the supernet of space 'dints'" in str(exc.value)
-    spec = validate({"space": {"name": "vnas"}, "losses": [{"name": "dice_ce"}]})
+    spec = validate({"space": {"name": "vnas"}})
     assert spec.discretizer.name == "vnas"  # a space's own discretizer by default
+    assert [x.name for x in spec.losses] == ["dice_ce"]  # and its own losses: it declares none
