@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of one.
+"""Atomic file writes: a crash leaves the old file or the new one, never half of one; and JSON files read
+with one-line errors.
 
 Temporary files are named ``.<name>.nastk-<pid>@<host>.<random>.tmp[<ext>]`` next to their target,
 so a later run can tell its own stale temporaries (whose writer on this host is gone) from a live
@@ -8,6 +9,7 @@ writer's, and remove only those.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import socket
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from nastk.errors import OutputError
+from nastk.errors import DataError, OutputError
 
 # A full disk, a full quota, or the file-size limit (ulimit -f) all mean: no space for this file.
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -202,3 +204,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         _remove_tree(tmp)
         raise
+
+
+def read_json(path: str | Path, top: type = dict, missing: str = "file not found") -> object:
+    """A JSON file's content, or a one-line ``DataError`` naming the file: ``missing`` when it is absent,
+    unreadable, not JSON (with the line), or a top level that is not ``top`` (dict or list)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: {missing}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, top):
+        raise DataError(f"{path}: top level must be {'an object' if top is dict else 'a list'}")
+    return data

@@ -89,3 +89,46 @@ def test_only_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path):
     assert sorted(remove_stale_temps(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
     assert remove_stale_temps(tmp_path / "absent") == []
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (None, "file not found"),
+        ("", "not valid JSON (line 1"),
+        ('{"a": 1,\n  oops}', "not valid JSON (line 2"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        ("[1, 2]", "top level must be an object"),
+        ("folder", "cannot read"),
+    ],
+)
+def test_read_json_names_the_file_in_one_line(tmp_path, content, needle):
+    """Every JSON file a user hands nastk or a plugin (dataset.json, arch.json, postprocessing.json) is read
+    by one function: each way it can be wrong is one line naming the file."""
+    from nastk.errors import DataError
+    from nastk.io import read_json
+
+    path = tmp_path / "x.json"
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError) as exc:
+        read_json(path)
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}: ") and needle in msg and "\n" not in msg, msg
+
+
+def test_read_json_reads_what_it_is_asked_for(tmp_path):
+    from nastk.errors import DataError
+    from nastk.io import read_json
+
+    (tmp_path / "o.json").write_text('{"a": [1]}')
+    (tmp_path / "l.json").write_text("[1, 2]")
+    assert read_json(tmp_path / "o.json") == {"a": [1]} and read_json(tmp_path / "l.json", top=list) == [1, 2]
+    with pytest.raises(DataError, match="top level must be a list"):
+        read_json(tmp_path / "o.json", top=list)
+    with pytest.raises(DataError, match="gone, expected a dataset.json"):
+        read_json(tmp_path / "missing.json", missing="gone, expected a dataset.json")

@@ -181,7 +181,8 @@ def test_without_a_declaration_the_only_installed_space_is_the_default(monkeypat
         return fake
 
     monkeypatch.setattr(registry, "_scan", only({"vnas"}))
-    assert registry.default_space() == "vnas" and validate({"ops": ["skip", "conv3x3x3"]}).space.name == "vnas"
+    assert registry.default_space() == "vnas"
+    assert validate({"ops": ["skip", "conv3x3x3"]}).space.name == "vnas"
     monkeypatch.setattr(registry, "_scan", only({"vnas", "dints"}))
     with pytest.raises(PluginError, match="name one: dints, vnas"):
         registry.default_space()

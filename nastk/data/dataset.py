@@ -7,12 +7,12 @@ escapes it (``../``, absolute, or a link out) is an error, as is a listed file t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nastk.errors import DataError
+from nastk.io import read_json
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 
@@ -154,14 +154,7 @@ def read_dataset(root: str | Path, format: str = "auto") -> DatasetInfo:
     file = root / "dataset.json"
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{file}: missing (expected an MSD or nnU-Net v2 dataset.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{file}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{file}: top level must be an object")
+    data = read_json(file, missing="missing (expected an MSD or nnU-Net v2 dataset.json)")
     if format == "auto":
         if "channel_names" in data:
             format = "nnunet"

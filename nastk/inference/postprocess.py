@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nastk.errors import DataError
-from nastk.io import atomic_write_text
+from nastk.io import atomic_write_text, read_json
 
 POSTPROCESSING_FILE = "postprocessing.json"
 RULE = (
@@ -104,13 +104,8 @@ def write_postprocessing(run: Path, decision: Mapping[int, Mapping], folds: list
 def read_postprocessing(path: Path, num_classes: int) -> list[int]:
     """The classes ``postprocessing.json`` keeps the largest component of; one-line errors naming the
     file and the field."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:120]})") from None
-    if not isinstance(data, dict) or "largest_component" not in data:
+    data = read_json(path)
+    if "largest_component" not in data:
         raise DataError(f"{path}: 'largest_component' is missing (a list of classes is expected)")
     chosen = data["largest_component"]
     if not isinstance(chosen, list) or not all(

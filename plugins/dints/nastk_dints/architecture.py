@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nastk.plugin import DataError, atomic_write_text
+from nastk.plugin import DataError, atomic_write_text, read_json
 from nastk_dints.topology import edge_list, topology
 
 FORMAT = "nastk.arch"
@@ -193,16 +193,7 @@ class Architecture:
 
     @classmethod
     def load(cls, path: str | Path) -> Architecture:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-        if not isinstance(data, dict):
-            raise DataError(f"{path}: top level must be an object")
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path), str(path))
 
     def draw(self, path: str | Path) -> Path:
         """Write a Fig. 7-style picture (PNG)."""

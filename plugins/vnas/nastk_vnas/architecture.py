@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nastk.plugin import DataError, atomic_write_text
+from nastk.plugin import DataError, atomic_write_text, read_json
 from nastk_vnas.layout import layers
 
 FORMAT = "nastk.arch"
@@ -138,14 +138,7 @@ class Architecture:
 
     @classmethod
     def load(cls, path: str | Path) -> Architecture:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path), str(path))
 
     def draw(self, path: str | Path) -> Path:
         from nastk_vnas.picture import draw
