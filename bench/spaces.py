@@ -110,7 +110,8 @@ def run_seed(task: str, root: Path, out: Path, args, seed: int) -> pd.DataFrame:
 
 
 def summarise(rows: pd.DataFrame) -> str:
-    dsc = [c for c in rows.columns if c.startswith("DSC ") and not c.endswith(" std")]
+    classes = [c for c in rows.columns if c.startswith("DSC ") and c.split()[1].isdigit() and " std" not in c]
+    dsc = sorted(classes, key=lambda c: int(c.split()[1])) + ["DSC mean"]  # class 1, 2, ..., then the mean
     lines = []
     for task, frame in rows.groupby("task", sort=False):
         out = []
