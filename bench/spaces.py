@@ -9,6 +9,10 @@ Needs ``pip install -e plugins/vnas``. Per task and seed, three arms through the
   ``nastk retrain --fold all``;
 * vnas: ``nastk search`` of the V-NAS-style space (4 levels, 2 searched convs per level and side, 4
   filters, the segmentation loss only) with the same schedule, then ``nastk retrain --fold all``;
+* dints-path: no search; the dints arm's spec retrained with a hand-written U-Net-like path in the same
+  DiNTS grid (:data:`DINTS_PATH`: down, a bottleneck, up, and a same-depth chain at full resolution,
+  3x3x3 everywhere), the baseline of the real-scan measurement behind this bench: it separates what the
+  search chose from what the DiNTS network family gives;
 * unet: no search; ``nastk retrain --arch specs/archs/unet3d.json`` (the vnas skeleton with 3x3x3
   everywhere) with filters x 0.25, so 4 filters at input scale as the vnas arm's.
 
@@ -39,6 +43,21 @@ from nastk.report.leaderboard import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 UNET = REPO / "specs" / "archs" / "unet3d.json"
+# L=3, D=3: layer 1 goes down (0->1), layer 2 stays at the bottom (1->1), layer 3 comes up (1->0), and the
+# full-resolution node carries on alongside (0->0) as a U-Net's skip would; every cell 3x3x3.
+DINTS_PATH = {
+    "format": "nastk.arch",
+    "version": 1,
+    "space": {"name": "dints", "params": {"layers": 3, "depths": 3, "filters": 4}},
+    "layers": 3,
+    "depths": 3,
+    "ops": ["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"],
+    "cells": [
+        [{"edge": [0, 0], "op": "conv3x3x3"}, {"edge": [0, 1], "op": "conv3x3x3"}],
+        [{"edge": [0, 0], "op": "conv3x3x3"}, {"edge": [1, 1], "op": "conv3x3x3"}],
+        [{"edge": [0, 0], "op": "conv3x3x3"}, {"edge": [1, 0], "op": "conv3x3x3"}],
+    ],
+}
 
 
 def base_spec(root: Path, cache: Path, args, seed: int) -> dict:
@@ -80,7 +99,7 @@ def arms(base: dict) -> dict[str, dict]:
     vnas["losses"] = [{"name": "dice_ce"}]
     unet = json.loads(json.dumps(vnas))
     unet["retrain"]["filter_multiplier"] = vnas["retrain"]["filter_multiplier"] * 4 / 16  # 16 -> 4 filters x2
-    return {"dints": dints, "vnas": vnas, "unet": unet}
+    return {"dints": dints, "dints-path": json.loads(json.dumps(dints)), "vnas": vnas, "unet": unet}
 
 
 def nastk(*args) -> None:
@@ -97,9 +116,13 @@ def run_seed(task: str, root: Path, out: Path, args, seed: int) -> pd.DataFrame:
         path = folder / f"{name}.yaml"
         path.write_text(yaml.safe_dump(spec))
         run = folder / name
-        if name != "unet" and not (run / "arch.json").exists():
+        searched = name in ("dints", "vnas")
+        if searched and not (run / "arch.json").exists():
             nastk("search", path, "--out", run, "-q", *(["--resume"] if (run / "search").exists() else []))
-        arch = UNET if name == "unet" else run / "arch.json"
+        arch = run / "arch.json" if searched else UNET
+        if name == "dints-path":
+            arch = folder / "dints-path.json"
+            arch.write_text(json.dumps(DINTS_PATH, indent=1))
         if not (run / "retrain" / "fold_1" / "model_final.pt").exists():
             nastk("retrain", path, "--arch", arch, "--out", run, "--fold", "all", "-q")
     nastk("report", *(folder / n for n in specs), "--out", folder / "report")
@@ -126,15 +149,18 @@ def summarise(rows: pd.DataFrame) -> str:
             out.append(row)
         table = pd.DataFrame(out)
         lines.append(markdown_table(table))
-        unet = frame[frame["run"] == "unet"]["DSC mean"]
-        for run in ("dints", "vnas"):
-            mine = frame[frame["run"] == run]["DSC mean"]
-            spread = max(mine.std(ddof=1), unet.std(ddof=1))
-            delta = mine.mean() - unet.mean()
+        pairs = [("dints", "unet", "the U-Net baseline"), ("vnas", "unet", "the U-Net baseline")]
+        pairs.append(("dints", "dints-path", "the unsearched U-Net-like path of its own grid"))
+        for run, base, what in pairs:
+            mine, other = (frame[frame["run"] == r]["DSC mean"] for r in (run, base))
+            if mine.empty or other.empty:
+                continue
+            spread = max(mine.std(ddof=1), other.std(ddof=1))
+            delta = mine.mean() - other.mean()
             verdict = "beat" if delta > spread else "did NOT beat"
             lines.append(
-                f"- {task}: {run} {verdict} the U-Net baseline (mean DSC {mine.mean():.2f} vs "
-                f"{unet.mean():.2f}, difference {delta:+.2f}, seed spread {spread:.2f})"
+                f"- {task}: {run} {verdict} {what} (mean DSC {mine.mean():.2f} vs "
+                f"{other.mean():.2f}, difference {delta:+.2f}, seed spread {spread:.2f})"
             )
         lines.append("")
     return "\n".join(lines)
