@@ -3,7 +3,7 @@
     python bench/spaces.py [--out bench-spaces] [--seeds 0,1,2] [--tasks "body;head"] [--cases 12]
                            [--size 48] [--search-iters 60] [--iters 400] [--patch 32]
 
-Needs ``pip install -e plugins/vnas``. Per task and seed, three arms through the same CLI a user runs:
+Needs ``pip install -e plugins/vnas``. Per task and seed, four arms through the same CLI a user runs:
 
 * dints: ``nastk search`` (DiNTS, 3 layers, 3 depths, 4 filters, the paper's losses, sigma 0.8), then
   ``nastk retrain --fold all``;
@@ -18,7 +18,7 @@ Needs ``pip install -e plugins/vnas``. Per task and seed, three arms through the
 
 Equal compute means the same retraining in every arm: iterations, warm-up, global batch, patch, folds (2),
 preprocessed data and splits (one cache per task). Each arm's search time is extra and reported.
-``nastk report dints vnas unet`` writes each task and seed's comparison (compare.csv, compare.png) and
+``nastk report dints dints-path vnas unet`` writes each task and seed's comparison (compare.csv, compare.png) and
 refuses nothing: this script asserts that every row is flagged "trained alike". The table printed at the
 end (and written to ``--out``/spaces.md) gives, per task and arm, cross-validation DSC per class as the
 mean over seeds ± the std over seeds, GMACs, parameters, estimated training memory, search and retraining
