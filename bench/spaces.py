@@ -17,13 +17,13 @@ Needs ``pip install -e plugins/vnas``. Per task and seed, four arms through the 
   everywhere) with filters x 0.25, so 4 filters at input scale as the vnas arm's.
 
 Equal compute means the same retraining in every arm: iterations, warm-up, global batch, patch, folds (2),
-preprocessed data and splits (one cache per task). Each arm's search time is extra and reported.
-``nastk report dints dints-path vnas unet`` writes each task and seed's comparison (compare.csv,
-compare.png) and refuses nothing: this script asserts that every row is flagged "trained alike". The
-table printed at the end (and written to ``--out``/spaces.md) gives, per task and arm, cross-validation DSC per class as the
-mean over seeds ± the std over seeds, GMACs, parameters, estimated training memory, search and retraining
-minutes. It says where searching did not beat the baseline: a searched arm is "better" only where its
-mean over seeds exceeds the U-Net's by more than the larger of the two seed spreads.
+preprocessed data and splits (one cache per task). Each arm's search time is extra and reported. ``nastk
+report dints dints-path vnas unet`` writes each task and seed's comparison (compare.csv, compare.png) and
+refuses nothing: this script asserts that every row is flagged "trained alike". The table printed at the end
+(and written to ``--out``/spaces.md) gives, per task and arm, cross-validation DSC per class as the mean
+over seeds ± the std over seeds, GMACs, parameters, estimated training memory, search and retraining
+minutes. It says where searching did not beat the baseline: a searched arm is "better" only where its mean
+over seeds exceeds the U-Net's by more than the larger of the two seed spreads.
 """
 
 from __future__ import annotations
