@@ -213,6 +213,14 @@ class HasDefaultLosses(Protocol):
 
 
 @runtime_checkable
+class HasDefaultOps(Protocol):
+    """A space whose specs get these cell ops (registered names) when they list none; a spec of a space
+    without them must list its ops."""
+
+    default_ops: tuple[str, ...]
+
+
+@runtime_checkable
 class ChecksSpaceParams(Protocol):
     """An architecture that can tell whether a spec's ``space.params`` disagree with it (retraining stops
     with that message before it builds anything)."""

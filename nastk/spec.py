@@ -18,13 +18,14 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from nastk import registry
 from nastk.errors import PluginError, SpecError
-from nastk.protocols import ChecksSpec, ForSpaces, HasDefaultLosses
+from nastk.protocols import ChecksSpec, ForSpaces, HasDefaultLosses, HasDefaultOps
 from nastk.spec_reference import markdown_reference as markdown_reference
 from nastk.spec_yaml import parse_yaml as parse_yaml
 from nastk.spec_yaml import read_spec_text as read_spec_text
@@ -146,6 +147,14 @@ class DatasetSpec(_Section):
         if bad:
             raise ValueError(f"tolerances must be finite and >= 0 mm, got {bad}")
         return value
+
+
+def _installed_space(name: str) -> Any:
+    """The space object, or None when it does not load (the spec's check of space.name says why)."""
+    try:
+        return registry.load("spaces", name)
+    except PluginError:
+        return None
 
 
 class SpaceSpec(_Section):
@@ -297,13 +306,16 @@ class Spec(_Section):
     seed: int = Field(0, description="Seeds python, numpy and torch.")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     space: SpaceSpec = Field(default_factory=dict, validate_default=True)
-    ops: list[str] = Field(
-        ["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"],
+    ops: list[str] | None = Field(
+        None,
         min_length=1,
-        description="Registered cell ops (nastk.ops); paper: the five of Sec. 3.2.",
+        validate_default=True,
+        description="Registered cell ops (nastk.ops). Default: the space's own (the paper's five of Sec. 3.2 "
+        "for the reference space).",
     )
     losses: list[LossSpec] | None = Field(
         None,
+        validate_default=True,
         description="Registered losses with weight and params: one segmentation loss and the architecture "
         "regularisers of Eq. 11. Default: the space's own (the paper's five, lambda = 0.001 for the "
         "topology loss and sigma = 0.8 for memory, for the reference space), else dice_ce alone.",
@@ -319,23 +331,35 @@ class Spec(_Section):
     def warnings(self) -> list[tuple[str, str]]:
         return self._warnings
 
-    @model_validator(mode="after")
-    def _distinct_ops(self) -> Spec:
-        dupes = sorted({o for o in self.ops if self.ops.count(o) > 1})
+    # What a spec leaves out of ops and losses is its space's (the space is validated first; when it failed,
+    # its error is the one reported).
+    @field_validator("ops")
+    @classmethod
+    def _ops_of_the_space(cls, ops: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if ops is None:
+            if "space" not in info.data:
+                return None
+            space = _installed_space(info.data["space"].name)
+            if space is None:  # an unknown space: validate() names it, and there are no ops to check
+                return []
+            if not isinstance(space, HasDefaultOps):
+                raise ValueError(f"space {info.data['space'].name!r} declares no default cell ops; list them")
+            ops = list(space.default_ops)
+        dupes = sorted({o for o in ops if ops.count(o) > 1})
         if dupes:
             raise ValueError(f"ops listed twice: {', '.join(dupes)}")
-        return self
+        return ops
 
-    @model_validator(mode="after")
-    def _losses_of_the_space(self) -> Spec:
-        if self.losses is None:  # the losses belong to the space; an unknown space is reported elsewhere
-            try:
-                space = registry.load("spaces", self.space.name)
-            except PluginError:
-                space = None
+    @field_validator("losses")
+    @classmethod
+    def _losses_of_the_space(
+        cls, losses: list[LossSpec] | None, info: ValidationInfo
+    ) -> list[LossSpec] | None:
+        if losses is None and "space" in info.data:
+            space = _installed_space(info.data["space"].name)
             found = space.default_losses if isinstance(space, HasDefaultLosses) else ({"name": "dice_ce"},)
-            self.losses = [LossSpec.model_validate(item) for item in found]
-        return self
+            losses = [LossSpec.model_validate(item) for item in found]
+        return losses
 
     @model_validator(mode="after")
     def _discretizer_of_the_space(self) -> Spec:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nastk import registry
-from nastk.errors import PluginError
+from nastk.errors import PluginError, SpecError
 from nastk.spec import validate
 from nastk_dints.space import SPACE
 
@@ -186,3 +186,16 @@ def test_without_a_declaration_the_only_installed_space_is_the_default(monkeypat
     monkeypatch.setattr(registry, "_scan", only({"vnas", "dints"}))
     with pytest.raises(PluginError, match="name one: dints, vnas"):
         registry.default_space()
+
+
+def test_a_space_without_default_ops_needs_them_listed(plugin_path):
+    make_dist(
+        plugin_path,
+        "nastk-bare",
+        "0.1",
+        {"nastk.spaces": {"bare": "nastk_testop_bare:SPACE"}},
+        {"nastk_testop_bare.py": "class Bare:\n    name = 'bare'\n\nSPACE = Bare()\n"},
+    )
+    with pytest.raises(SpecError) as exc:
+        validate({"space": {"name": "bare"}})
+    assert "ops: space 'bare' declares no default cell ops; list them" in str(exc.value)

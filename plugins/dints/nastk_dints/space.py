@@ -68,6 +68,7 @@ class DiNTSNetwork(nn.Module):
 class DiNTSSpace:
     name = "dints"
     Params = DiNTSParams
+    default_ops = ("skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3")  # Sec. 3.2
     # Eq. 11: L_arch = L_seg + t/t_all * (L_alpha + L_eta + lambda * L_tp + L_m), lambda = 0.001, and
     # sigma = 0.8, the budget of the architecture the paper retrained on every task (Sec. 4.2).
     default_losses = (

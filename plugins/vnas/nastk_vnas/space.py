@@ -100,6 +100,9 @@ class VNASNetwork(nn.Module):
 class VNASSpace:
     name = "vnas"
     Params = VNASParams
+    # What V-NAS chooses among in every layer: 3D, 2D (3x3x1) and P3D (3x3x1 then 1x1x3). No default
+    # losses: the segmentation loss alone trains the logits.
+    default_ops = ("conv3x3x3", "vnas.conv3x3x1", "p3d_3x3x1")
 
     def patch_divisor(self, params: VNASParams) -> int:
         return 2 ** (params.depths - 1)
