@@ -245,6 +245,10 @@ class ChoosesRecompute(Protocol):
         {"parts": names chosen, "expected_bytes": ..., "none_bytes": ..., "seconds": ...}."""
         ...
 
+    def use_recompute(self, parts: list[str]) -> None:
+        """Recompute exactly ``parts`` (names ``choose_recompute`` returned, e.g. on another rank)."""
+        ...
+
     def recompute_all(self, flag: bool) -> None: ...
 
 

@@ -18,6 +18,7 @@ import contextlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -286,10 +287,19 @@ def _set_recompute(net, spec: Spec, opts: RunOptions, dist: dd.Dist) -> None:
         return
     target = spec.search.memory_target_gb * 2**30
     batch = dd.per_rank_batch(spec.search.batch_size, dist.world_size, "search.batch_size")
-    try:
-        choice = net.choose_recompute(target, batch, opts.amp, dist.device)
-    except ValueError as err:
-        raise SpecError(f"search.memory_target_gb: {err}") from None
+    # Rank 0 measures and chooses; every rank recomputes its choice (timings measured on each rank would
+    # differ by noise, and so could the cells, the memory and the step time of each rank).
+    choice: dict[str, Any] = {}
+    if dist.is_main:
+        try:
+            choice = net.choose_recompute(target, batch, opts.amp, dist.device)
+        except ValueError as err:
+            choice = {"error": str(err)}
+    choice = dd.from_main(choice, dist)
+    if "error" in choice:
+        raise SpecError(f"search.memory_target_gb: {choice['error']}")
+    if not dist.is_main:
+        net.use_recompute(choice["parts"])
     if dist.is_main:
         parts = choice["parts"]
         record(

@@ -159,6 +159,12 @@ class Supernet(nn.Module):
             "forward_seconds": float(model.seconds.sum()) * p.layers,
         }
 
+    def use_recompute(self, parts: list[str]) -> None:
+        unknown = sorted(set(parts) - set(self.cells))
+        if unknown:
+            raise ValueError(f"not cells of this supernet: {', '.join(unknown[:5])}")
+        self.recompute = frozenset(parts)
+
     def cell_names(self) -> list[str]:
         """Every cell's name, layer by layer, edges in order (``recompute`` takes a subset)."""
         return list(self.cells)

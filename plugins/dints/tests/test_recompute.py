@@ -239,3 +239,60 @@ def test_plan_sizing_with_every_cell_recomputed_equals_the_measurement(paper_ops
     plain = sizing.supernet_memory(params, paper_ops, setting) - state
     assert measured < 0.5 * plain  # activations: recomputation halves them at least
     assert 1.0 < sizing.recompute_slowdown(params, paper_ops, setting) < 4 / 3 + 1e-9
+
+
+def test_under_ddp_rank_0_chooses_and_every_rank_recomputes_the_same_cells(tmp_path, synth_task):
+    """search.recompute: auto on two gloo ranks: rank 0 measures and chooses, rank 1 measures nothing and
+    recomputes the same cells (each rank timing its own cells could pick different ones)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from nastk.network import build_supernet
+    from nastk.spec import validate
+
+    from tinydata import TINY_SPEC
+
+    data = json.loads(json.dumps(TINY_SPEC))
+    data["dataset"].update(root=str(synth_task), cache_dir=str(tmp_path / "cache"))
+    data["search"].update(batch_size=2, joint_iters=2)
+    net = build_supernet(validate(data))
+    p = net.params
+    model = rc.measure(p.layers, p.depths, p.filters, net._ops, 1, 3, net.patch_size, 1)  # 1 per rank
+    empty = np.zeros((p.layers, len(net.edges)), bool)
+    target = net.step_state_bytes() + 0.5 * (model.peak(empty) + model.peak(~empty))
+    data["search"].update(recompute="auto", memory_target_gb=float(target) / 2**30)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    script = tmp_path / "ddp_recompute.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "from nastk.spec import load_spec\n"
+        "from nastk.engine.options import RunOptions\n"
+        "from nastk.engine import search\n"
+        "from nastk_dints import recompute as rc\n"
+        "calls, nets = [], []\n"
+        "measure = rc.measure\n"
+        "rc.measure = lambda *a, **k: calls.append(1) or measure(*a, **k)\n"
+        "build = search.build_supernet\n"
+        "search.build_supernet = lambda spec: nets.append(build(spec)) or nets[-1]\n"
+        "search.run_search(load_spec(sys.argv[1]), RunOptions(out=sys.argv[2], quiet=True, device='cpu'))\n"
+        "out = {'measured': len(calls), 'cells': sorted(nets[0].recompute)}\n"
+        "open(sys.argv[2] + '/rank' + os.environ['RANK'] + '.json', 'w').write(json.dumps(out))\n"
+    )
+    run = tmp_path / "run"
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        + [str(script), str(spec), str(run)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    rank0, rank1 = (json.loads((run / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0["measured"] == 1 and rank1["measured"] == 0
+    assert rank0["cells"] == rank1["cells"] and 0 < len(rank0["cells"]) < p.layers * len(net.edges)
