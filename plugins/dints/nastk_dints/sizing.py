@@ -3,10 +3,10 @@
 * ``network_memory``: the bytes one GPU holds to retrain the cheapest and the costliest network the
   space can build (``budget.memory_model``: activations saved for backward plus weights, gradients
   and momentum), the range a memory budget must fall in.
-* ``supernet_memory``: the bytes one GPU holds for a search step. The supernet's forward is measured
-  whole (``memory.saved_bytes``) at two tiny patches and fitted as batch * (a + b * voxels), because
-  its mixed cells keep more than their ops do alone (the alpha-weighted sums: about 20% more at
-  L=3-4, D=2-4); the fit overestimates larger patches by up to 3% (tested), which errs safe. Plus
+* ``supernet_memory``: the bytes one GPU holds for a search step, the larger of the weight step and the
+  architecture step. The supernet's forward is measured whole (``memory.live_saved_bytes``, with only
+  the step's own parameters requiring gradients) at two tiny patches and fitted as batch * (a + b *
+  voxels), because its mixed cells keep more than their ops do alone (the alpha-weighted sums). Plus
   the parameter state: weights, gradients and SGD momentum, and Adam's two moments for alpha and p.
 * ``supernet_memory_recomputed``: the same with every cell recomputed in backward (``recompute.py``, exact
   on the CPU; what ``search.recompute: auto`` can reach at least), and ``recompute_slowdown``, its step time
@@ -44,11 +44,15 @@ def network_memory(params, ops: dict, setting: TrainingSetting) -> tuple[float, 
 @lru_cache(maxsize=64)
 def _supernet_fit(
     layers: int, depths: int, filters: float, ops: tuple, in_channels: int, num_classes: int, amp: str
-) -> tuple[float, float, float, int, int]:
-    """(once, per sample, per sample and voxel) saved bytes, weight and arch parameter counts.
+) -> tuple[np.ndarray, int, int]:
+    """Per step (weight, architecture), (once, per sample, per sample and voxel, per sample and voxel at
+    the smallest patch) saved bytes; weight and arch parameter counts.
 
-    Every layer of the supernet is the same, so what it saves is a + L * b: measured with 1 and 2
-    layers and extrapolated (exact, and 4-6x faster than measuring all L at the paper's L = 12).
+    A search step trains either the weights or alpha and p, never both: each step is measured with only
+    its own parameters requiring gradients (with both, the supernet saves about 40% more than either
+    step, which the plan once counted). The layers between the first and the last are alike, so what a
+    step saves is a + (L - 2) * b: measured with 2 and 3 layers and extrapolated (much faster than
+    measuring all L at the paper's L = 12).
     """
     from nastk_dints.params import DiNTSParams
     from nastk_dints.supernet import Supernet
@@ -61,27 +65,39 @@ def _supernet_fit(
         params = DiNTSParams(layers=n_layers, depths=depths).model_copy(update={"filters": filters})
         return Supernet(params, dict(ops), in_channels, num_classes, small)
 
-    def fit(net) -> np.ndarray:
+    def fit(net, step: str) -> np.ndarray:
+        for p in net.weight_parameters():
+            p.requires_grad_(step == "weight")
+        for p in net.arch_parameters():
+            p.requires_grad_(step == "arch")
+
         def saved(batch: int, sides: tuple[int, int, int]) -> int:
-            return memory.saved_bytes(net, (batch, in_channels, *sides), amp=amp, input_requires_grad=False)
+            shape = (batch, in_channels, *sides)
+            return memory.live_saved_bytes(net, shape, amp=amp, input_requires_grad=False)
 
         b0, b1 = saved(1, small), saved(1, large)
         slope = (b1 - b0) / side**3
         per_sample = (saved(2, small) if amp != "off" else 2 * b0) - b0
-        return np.array([b0 - per_sample, per_sample - slope * side**3, slope])
+        return np.array([b0 - per_sample, per_sample - slope * side**3, slope, per_sample / side**3])
 
-    one, two = fit(build(1)), fit(build(2))
-    once, intercept, slope = one + (layers - 1) * (two - one)
+    # The first layer reads the image, which needs no gradient, and the last feeds the head: only the
+    # layers between are alike, so extrapolate from 2 and 3 layers (measure 1-3 layers directly).
+    n = min(layers, 2)
+    nets = (build(n), build(n + 1)) if layers > 3 else (build(layers),)
+    steps = []
+    for step in ("weight", "arch"):
+        fits = [fit(net, step) for net in nets]
+        steps.append(fits[0] if len(fits) == 1 else fits[0] + (layers - n) * (fits[1] - fits[0]))
     with torch.device("meta"):  # parameter counts need shapes only
         full = build(layers)
     weights = sum(p.numel() for p in full.weight_parameters())
     arch = sum(p.numel() for p in full.arch_parameters())
-    return float(once), float(intercept), float(slope), weights, arch
+    return np.array(steps), weights, arch
 
 
 def supernet_memory(params, ops: dict, setting: TrainingSetting) -> float:
     """Bytes one GPU holds for a search step at ``setting`` (filters x ``setting.filter_multiplier``)."""
-    once, intercept, slope, weights, arch = _supernet_fit(
+    steps, weights, arch = _supernet_fit(
         params.layers,
         params.depths,
         params.filters * setting.filter_multiplier,
@@ -91,7 +107,13 @@ def supernet_memory(params, ops: dict, setting: TrainingSetting) -> float:
         setting.amp,
     )
     voxels = float(np.prod(setting.patch_size))
-    activations = once + setting.batch_size * (intercept + slope * voxels)
+    once, intercept, slope, per_voxel = steps.T
+    line = once + setting.batch_size * (intercept + slope * voxels)
+    # The architecture step's bytes per voxel fall as the patch grows (at L=3, D=4, 16 filters: 1731 at
+    # 32^3, 1633 at 64x32x32, 1614 at 64^3), so the line through the two smallest patches undershoots
+    # larger ones (by 4% at 64^3); the smallest patch's bytes per voxel bound them from above.
+    bound = once + setting.batch_size * per_voxel * voxels  # once: e.g. autocast's weight copies
+    activations = float(np.max(np.maximum(line, bound)))
     return activations + weights * setting.state_bytes_per_param + arch * _ADAM_STATE
 
 
