@@ -347,7 +347,7 @@ class Spec(_Section):
             ops = list(space.default_ops)
         dupes = sorted({o for o in ops if ops.count(o) > 1})
         if dupes:
-            raise ValueError(f"ops listed twice: {', '.join(dupes)}")
+            raise ValueError(f"listed twice: {', '.join(dupes)}")
         return ops
 
     @field_validator("losses")

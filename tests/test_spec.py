@@ -139,6 +139,7 @@ def test_spec_reference_doc_is_up_to_date():
 def test_a_spec_without_losses_or_ops_gets_its_spaces():
     """The losses belong to the space: the paper's five regularise DiNTS, a space without its own gets
     the segmentation loss alone, and listed losses always win."""
+    from nastk.errors import SpecError
     from nastk.spec import validate
 
     dints = validate({"space": {"name": "dints"}})
@@ -155,5 +156,7 @@ def test_a_spec_without_losses_or_ops_gets_its_spaces():
     assert validate({"space": {"name": "vnas"}}).ops == ["conv3x3x3", "vnas.conv3x3x1", "p3d_3x3x1"]
     assert dints.ops == ["skip", "conv3x3x3", "p3d_3x3x1", "p3d_3x1x3", "p3d_1x3x3"]
     assert validate({"space": {"name": "vnas"}, "ops": ["conv3x3x3"]}).ops == ["conv3x3x3"]
+    with pytest.raises(SpecError, match="ops: listed twice: skip"):
+        validate({"ops": ["skip", "conv3x3x3", "skip"]})
     listed = validate({"space": {"name": "dints"}, "losses": [{"name": "dice_ce"}, {"name": "topology"}]})
     assert [x.name for x in listed.losses] == ["dice_ce", "topology"]
