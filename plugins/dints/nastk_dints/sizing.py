@@ -82,12 +82,11 @@ def _supernet_fit(
 
     # The first layer reads the image, which needs no gradient, and the last feeds the head: only the
     # layers between are alike, so extrapolate from 2 and 3 layers (measure 1-3 layers directly).
-    n = min(layers, 2)
-    nets = (build(n), build(n + 1)) if layers > 3 else (build(layers),)
+    nets = (build(2), build(3)) if layers > 3 else (build(layers),)
     steps = []
     for step in ("weight", "arch"):
         fits = [fit(net, step) for net in nets]
-        steps.append(fits[0] if len(fits) == 1 else fits[0] + (layers - n) * (fits[1] - fits[0]))
+        steps.append(fits[0] if len(fits) == 1 else fits[0] + (layers - 2) * (fits[1] - fits[0]))
     with torch.device("meta"):  # parameter counts need shapes only
         full = build(layers)
     weights = sum(p.numel() for p in full.weight_parameters())
