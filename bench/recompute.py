@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 import warnings
-import weakref
 
 import numpy as np
 import torch
@@ -45,20 +44,9 @@ def _freeze(params, flag):
 
 def live_saved(model, fn) -> int:
     """Bytes of distinct non-parameter storages still saved for backward when ``fn()`` returns."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    packed = []
+    from nastk.memory import live_saved_storages
 
-    def pack(t):
-        s, out = t.untyped_storage(), t.detach()
-        if s.data_ptr() not in params and s.data_ptr() != 0:
-            packed.append((weakref.ref(out), s.data_ptr(), s.nbytes()))
-        return out
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    alive = {ptr: n for ref, ptr, n in packed if ref() is not None}
-    del out
-    return sum(alive.values())
+    return sum(live_saved_storages(model, fn).values())
 
 
 class Ours:

@@ -33,10 +33,6 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def autocast(amp: str):
     """CPU autocast for "bf16"/"fp16", nothing for "off" (how every measurement here runs mixed precision)."""
-    return _autocast(amp)
-
-
-def _autocast(amp: str):
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast("cpu", dtype=AMP_DTYPES[amp])
@@ -73,23 +69,16 @@ def saved_bytes(
     # zero would be cached.
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         x = torch.randn(input_shape, dtype=input_dtype or dtype, requires_grad=input_requires_grad)
-        with _autocast(amp):
+        with autocast(amp):
             module(x)
     return sum(storages.values())
 
 
-def live_saved_bytes(
-    module: nn.Module,
-    input_shape: tuple[int, ...],
-    amp: str = "off",
-    input_requires_grad: bool = True,
-    input_dtype: torch.dtype = torch.float32,
-    exclude: tuple[int, ...] = (),
-) -> int:
-    """Like :func:`saved_bytes`, but counts only what is still saved when the forward has returned
-    (its output held): a branch of the graph that the forward dropped (a value computed and not used)
-    frees what it saved, and its addresses can be reused, which makes a count by address depend on
-    the allocator. ``exclude``: storage addresses not to count."""
+def live_saved_storages(module: nn.Module, run: Callable[[], object]) -> dict[int, int]:
+    """The distinct non-parameter storages (address -> bytes) that ``run()`` leaves saved for backward
+    while its result is held: a branch of the graph that the forward dropped (a value computed and not
+    used) frees what it saved, and its addresses can be reused, which makes a count by address alone
+    depend on the allocator."""
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     packed: list[tuple[weakref.ref, int, int]] = []
 
@@ -101,12 +90,28 @@ def live_saved_bytes(
         return out
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        x = torch.randn(input_shape, dtype=input_dtype, requires_grad=input_requires_grad)
-        with _autocast(amp):
-            out = module(x)
-    alive = {ptr: n for ref, ptr, n in packed if ref() is not None and ptr not in exclude}
-    del out
-    return sum(alive.values())
+        result = run()
+    alive = {ptr: n for ref, ptr, n in packed if ref() is not None}
+    del result
+    return alive
+
+
+def live_saved_bytes(
+    module: nn.Module,
+    input_shape: tuple[int, ...],
+    amp: str = "off",
+    input_requires_grad: bool = True,
+    input_dtype: torch.dtype = torch.float32,
+) -> int:
+    """Like :func:`saved_bytes`, but counts only what is still saved when the forward has returned (its
+    output held; :func:`live_saved_storages`)."""
+    x = torch.randn(input_shape, dtype=input_dtype, requires_grad=input_requires_grad)
+
+    def run():
+        with autocast(amp):
+            return module(x)
+
+    return sum(live_saved_storages(module, run).values())
 
 
 # Keyed by what identifies the measurement, never by ``build``: callers pass a fresh lambda each
@@ -191,7 +196,7 @@ def output_dtype(
     if cache_key not in _DTYPES:
         side = 2 * _FIT_SIDES[0]
         x = torch.zeros(1, in_channels, side, side, side, dtype=input_dtype)
-        with torch.no_grad(), _autocast(amp):
+        with torch.no_grad(), autocast(amp):
             _DTYPES[cache_key] = build()(x).dtype
     return _DTYPES[cache_key]
 

@@ -220,8 +220,7 @@ class Loop:
         stop = self.stop is not None and self.stop.requested
         if dist is None:
             return stop, timed
-        stop, timed = dd.any_flags([stop, timed], dist)
-        return stop, timed
+        return tuple(dd.any_flags([stop, timed], dist))
 
     def _stopped(self, iteration: int) -> None:
         name = self.stop.name if self.stop is not None and self.stop.requested else "a signal on another rank"

@@ -7,6 +7,7 @@ from nastk.memory import (  # noqa: F401
     cost,
     cost_per_sample,
     live_saved_bytes,
+    live_saved_storages,
     output_dtype,
     parameter_count,
     saved_bytes,

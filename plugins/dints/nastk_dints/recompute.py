@@ -31,7 +31,6 @@ import bisect
 import itertools
 import math
 import time
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,26 +200,10 @@ def _requires_grad(module: nn.Module, flag: bool) -> None:
 def _storage_bytes(module: nn.Module, run, exclude: dict[str, int]) -> tuple[int, set[str]]:
     """Distinct non-parameter storages saved by ``run()``, less those named in ``exclude``
     (name -> data_ptr); and which excluded names were saved."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    packed: list = []
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s, out = t.untyped_storage(), t.detach()
-        if s.data_ptr() not in params and s.data_ptr() != 0:
-            packed.append((weakref.ref(out), s.data_ptr(), s.nbytes()))
-        return out
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        result = run()
-    storages = {ptr: n for ref, ptr, n in packed if ref() is not None}
-    del result
+    storages = memory.live_saved_storages(module, run)
     hit = {name for name, ptr in exclude.items() if ptr in storages}
     own = sum(n for ptr, n in storages.items() if ptr not in exclude.values())
     return own, hit
-
-
-def _autocast(amp: str):
-    return memory.autocast(amp)
 
 
 def _node_dtype(filters: float, ops: dict, in_channels: int, num_classes: int, amp: str) -> torch.dtype:
@@ -229,7 +212,7 @@ def _node_dtype(filters: float, ops: dict, in_channels: int, num_classes: int, a
     from nastk_dints.blocks import Stem
 
     x = torch.zeros(1, in_channels, 4, 4, 4)
-    with torch.no_grad(), _autocast(amp):
+    with torch.no_grad(), memory.autocast(amp):
         return Stem(in_channels, filters, 0)(x).dtype
 
 
@@ -242,7 +225,7 @@ def _cell_parts(cell: MixedCell, shape, step: str, first: bool, amp: str, dtype,
     alpha = holder * 1.0 if step == "arch" else holder.detach()
 
     def run():
-        with _autocast(amp):
+        with memory.autocast(amp):
             return cell(x, alpha[0])
 
     own, hit = _storage_bytes(

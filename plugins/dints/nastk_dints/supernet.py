@@ -165,10 +165,6 @@ class Supernet(nn.Module):
             raise ValueError(f"not cells of this supernet: {', '.join(unknown[:5])}")
         self.recompute = frozenset(parts)
 
-    def cell_names(self) -> list[str]:
-        """Every cell's name, layer by layer, edges in order (``recompute`` takes a subset)."""
-        return list(self.cells)
-
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.edge_logits, self.op_logits]
 
